@@ -1,0 +1,41 @@
+# zsnr: the two commands a newcomer needs are `make demo` and `make test`; each sets up .venv itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Never reach for the hub (stalls, broken tokenizers) and never upload to wandb from tests.
+export HF_HUB_OFFLINE := 1
+export WANDB_MODE := offline
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-all lint demo bench report clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $@
+
+# The CI suite: everything but the tests marked slow (see pyproject's markers).
+test: setup
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
+# Everything, the slow end-to-end tests included.
+test-all: setup
+	$(PY) -m pytest -q -m "not gpu" tests
+
+lint: setup
+	$(VENV)/bin/ruff check src launch tests
+	$(VENV)/bin/ruff format --check src launch tests
+
+report: setup
+	$(PY) -m zsnr.diffusion.report --plot outputs/schedules.png
+
+bench: setup
+	$(PY) -m pytest -q -s tests/bench -m "not gpu" -p no:cacheprovider --no-header -k bench
+
+clean:
+	rm -rf outputs multirun .pytest_cache
