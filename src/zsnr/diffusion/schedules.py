@@ -1,0 +1,68 @@
+"""Noise schedules (betas), the zero-terminal-SNR rescale (Algorithm 1) and SNR.
+
+Everything is computed in float64; cast to float32 at the point of use.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("linear", "scaled_linear", "cosine", "cosine_unclipped")
+
+
+def make_betas(kind: str, num_timesteps: int = 1000) -> torch.Tensor:
+    """Betas of a named schedule, float64, shape [T].
+
+    - ``linear`` (DDPM): beta linear from 1e-4 to 0.02. Paper Table 1: SNR(T) = 4.035993e-05.
+    - ``scaled_linear`` (Stable Diffusion): beta = linspace(sqrt(0.00085), sqrt(0.012), T)^2.
+      sqrt(abar_T) = 0.068265, SNR(T) = 4.6819e-03 (see PAPER.md on the paper's typo).
+    - ``cosine`` (iDDPM): abar(t) = f(t)/f(0), f(t) = cos^2(((t/T) + s)/(1 + s) * pi/2), s = 0.008,
+      beta_t = min(1 - abar(t)/abar(t-1), 0.999). SNR(T) = 2.4288e-09.
+    - ``cosine_unclipped``: the same without the 0.999 clip, so beta_T = 1 and SNR(T) = 0 (the paper's
+      fix for cosine: no rescale needed).
+    """
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    T = num_timesteps
+    if kind == "linear":
+        return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    if kind == "scaled_linear":
+        return torch.linspace(0.00085**0.5, 0.012**0.5, T, dtype=torch.float64) ** 2
+    if kind in ("cosine", "cosine_unclipped"):
+        s = 0.008
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        f[-1] = 0.0  # cos(pi/2) is 6e-17 in floating point; the schedule's own value is exactly 0
+        betas = 1 - f[1:] / f[:-1]
+        return betas.clamp(0.0, 0.999) if kind == "cosine" else betas.clamp(0.0, 1.0)
+    raise ValueError(f"unknown schedule kind {kind!r}; valid kinds: {', '.join(SCHEDULES)}")
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """abar_t = prod_{s<=t} (1 - beta_s), computed in float64."""
+    return torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
+
+
+def snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """SNR(t) = abar_t / (1 - abar_t); 0 where abar_t = 0, inf where abar_t = 1."""
+    a = alphas_cumprod.to(torch.float64)
+    return a / (1.0 - a)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Rescale a schedule so that SNR(T) = 0 (the paper's Algorithm 1), float64.
+
+    In sqrt(abar) space: keep sqrt(abar_1), shift so sqrt(abar_T) = 0, scale so sqrt(abar_1) is unchanged:
+        s = sqrt(cumprod(1 - beta)); s = (s - s_T) * s_1 / (s_1 - s_T)
+        abar = s^2;  alpha_t = abar_t / abar_{t-1} (alpha_1 = abar_1);  beta = 1 - alpha   (so beta_T = 1)
+    """
+    s = alphas_cumprod(betas).sqrt()
+    s0, sT = s[0].clone(), s[-1].clone()
+    if not s0 > sT:
+        raise ValueError(f"schedule must decrease: sqrt(abar_1)={s0.item()} <= sqrt(abar_T)={sT.item()}")
+    s = (s - sT) * s0 / (s0 - sT)
+    abar = s**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
