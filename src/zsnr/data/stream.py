@@ -1,0 +1,234 @@
+"""The per-worker sample stream: shards -> filter on json -> block shuffle -> decode -> batches.
+
+Order of work is the point: metadata filters run before any image is decoded, the shuffle holds compressed
+bytes, and only accepted, shuffled samples are decoded. Each batch carries
+  batch["stats"]   counts since this worker's previous batch (see zsnr.data.stats)
+  batch["resume"]  {"epoch", "worker", "token", "batches"}: where this worker's stream stands after the batch
+A token [ordinal, raw_index, j] means: the shuffle block that starts at sample `raw_index` of the worker's
+`ordinal`-th shard, of which j samples were delivered. Blocks are permuted by a seed that depends only on
+where they start, so re-reading from a token reproduces the stream exactly (zsnr.data.resume).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from zsnr.data.decode import (
+    IMAGE_EXTS,
+    LATENT_EXTS,
+    TEXT_STATE_EXTS,
+    decode_image,
+    first_member,
+    load_tensor,
+    read_caption,
+    read_metadata,
+)
+from zsnr.data.filters import LaionFilter
+from zsnr.data.shards import BadData, ShardPlan, Source, read_shard
+from zsnr.data.stats import DataStats
+
+DECODE_MODES = ("images", "latents")
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+def fresh_position(epoch: int = 0) -> dict[str, Any]:
+    return {"epoch": epoch, "last_worker": -1, "workers": {}}
+
+
+class ShardStream(IterableDataset):
+    """An IterableDataset of collated batches (batch it no further: DataLoader(batch_size=None))."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        *,
+        batch_size: int,
+        resolution: int = 512,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        epoch_length: int | None = None,
+        seed: int = 0,
+        filters: LaionFilter | None = None,
+        random_crop: bool = False,
+        random_flip: bool = False,
+        max_bad_fraction: float = 0.05,
+        tokenizer: Tokenizer | None = None,
+        decode: str = "images",
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
+        if batch_size < 1 or resolution < 1:
+            raise ValueError(f"batch_size and resolution must be >= 1, got {batch_size} and {resolution}")
+        if epoch_length is not None and epoch_length < world_size * batch_size:
+            raise ValueError(
+                f"epoch_length={epoch_length} samples is less than one batch per rank "
+                f"(world_size {world_size} x batch_size {batch_size}); raise it or set it to null."
+            )
+        self.sources, self.batch_size, self.resolution = list(sources), batch_size, resolution
+        self.shuffle_buffer, self.resampled, self.epoch_length = shuffle_buffer, resampled, epoch_length
+        self.seed, self.random_crop, self.random_flip = seed, random_crop, random_flip
+        self.filters = LaionFilter.off() if decode == "latents" else (filters or LaionFilter())
+        self.max_bad_fraction, self.tokenizer, self.decode = max_bad_fraction, tokenizer, decode
+        self.rank, self.world_size = rank, world_size
+        self.position = fresh_position()
+
+    @property
+    def finite(self) -> bool:
+        """One exact pass per epoch; otherwise the stream is endless and epochs are epoch_length long."""
+        return not self.resampled and self.epoch_length is None
+
+    def batches_per_rank(self) -> int | None:
+        return None if self.epoch_length is None else self.epoch_length // (self.world_size * self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        pos = self.position
+        # Rotate roles so that the DataLoader's first request goes to the worker that was next when the
+        # position was saved: the resumed batch order then equals the uninterrupted one.
+        worker = (physical + pos["last_worker"] + 1) % num_workers
+        g = self.rank * num_workers + worker
+        plan = ShardPlan(self.sources, self.seed, self.resampled, g, self.world_size * num_workers)
+        saved = pos["workers"].get(worker)
+        epoch = pos["epoch"]
+        quota = None
+        if self.finite:
+            token = saved["token"] if saved else [plan.first_ordinal(epoch), 0, 0]
+            stop = plan.first_ordinal(epoch + 1)
+        else:
+            token, stop = (saved["token"] if saved else [0, 0, 0]), None
+            if self.epoch_length is not None:
+                quota = len(range(worker, self.batches_per_rank(), num_workers))
+        done = saved["batches"] if saved else 0
+        stats = DataStats(
+            self.max_bad_fraction, f" by rank {self.rank} worker {worker}", self.filters.counter_names()
+        )
+        records = self._records(plan, token[0], token[1], stop, stats)
+        samples = self._shuffled(records, g, token)
+        items, last = [], token
+        if quota is not None and done >= quota:
+            return
+        for record, last in samples:
+            try:
+                items.append(self._decode(record, g))
+            except BadData as exn:
+                stats.bad(exn.kind, record["url"], f"{record['key']}: {exn}")
+                continue
+            if len(items) == self.batch_size:
+                done += 1
+                yield self._collate(
+                    items, stats, {"epoch": epoch, "worker": worker, "token": list(last), "batches": done}
+                )
+                items = []
+                if quota is not None and done >= quota:
+                    return
+        if items:
+            done += 1
+            yield self._collate(
+                items, stats, {"epoch": epoch, "worker": worker, "token": list(last), "batches": done}
+            )
+        stats.check()
+
+    def _records(
+        self, plan: ShardPlan, start: int, skip: int, stop: int | None, stats: DataStats
+    ) -> Iterator:
+        """Accepted samples of this worker's shards from ordinal `start` (skipping `skip` raw samples)."""
+        empty_run, limit = 0, 2 * sum(len(s.urls) for s in self.sources) + 20
+        for task in plan.tasks(start):
+            if stop is not None and task.ordinal >= stop:
+                return
+            found = False
+            for index, sample in enumerate(read_shard(task.url, stats.bad)):
+                if (task.ordinal == start and index < skip) or index % task.stride != task.offset:
+                    continue
+                record = self._scan(sample, stats)
+                if record is not None:
+                    found = True
+                    yield record, (task.ordinal, index)
+            empty_run = 0 if found else empty_run + 1
+            if empty_run >= limit:
+                raise RuntimeError(
+                    f"{empty_run} shards in a row gave no usable sample{stats.where} (counts so far: "
+                    f"{dict(stats.counts)}). Check the shard URLs and the filter thresholds (data.filters)."
+                )
+
+    def _scan(self, sample: dict[str, Any], stats: DataStats) -> dict[str, Any] | None:
+        """Cheap checks on raw bytes and json: returns a record to shuffle, or None (counted)."""
+        stats.seen()
+        try:
+            if self.decode == "images":
+                ext = first_member(sample, IMAGE_EXTS)
+                if ext is None:
+                    raise BadData(
+                        "missing_image",
+                        f"no image member among {sorted(k for k in sample if not k.startswith('__'))}",
+                    )
+                if len(sample[ext]) == 0:
+                    raise BadData("empty_member", f"zero-byte .{ext}")
+                payload: Any = sample[ext]
+            else:
+                lat, txt = first_member(sample, LATENT_EXTS), first_member(sample, TEXT_STATE_EXTS)
+                if lat is None or txt is None:
+                    raise BadData("missing_latent", f"need one of {LATENT_EXTS} and one of {TEXT_STATE_EXTS}")
+                payload = (lat, sample[lat], txt, sample[txt])
+            meta = read_metadata(sample, required=self.decode == "images" and self.filters.needs_metadata)
+            caption = read_caption(sample, meta)
+        except BadData as exn:
+            stats.bad(exn.kind, sample["__url__"], f"{sample['__key__']}: {exn}")
+            return None
+        reason = self.filters.check(meta, caption)
+        if reason is not None:
+            stats.rejected(reason)
+            return None
+        stats.accepted()
+        return {"key": sample["__key__"], "url": sample["__url__"], "caption": caption, "payload": payload}
+
+    def _shuffled(self, records: Iterator, g: int, token: Sequence[int]) -> Iterator:
+        """Block shuffle: permute each run of shuffle_buffer accepted samples; yields (record, token)."""
+        size = max(1, self.shuffle_buffer)
+        block, start, skip, cursor = [], (token[0], token[1]), token[2], None
+        for record, cursor in records:
+            record["cursor"] = cursor
+            block.append(record)
+            if len(block) == size:
+                end = (cursor[0], cursor[1] + 1)
+                yield from self._emit(block, start, end, skip, g)
+                block, start, skip = [], end, 0
+        if block:
+            yield from self._emit(block, start, (cursor[0], cursor[1] + 1), skip, g)
+
+    def _emit(self, block: list, start: tuple, end: tuple, skip: int, g: int) -> Iterator:
+        order = list(range(len(block)))
+        if len(block) > 1:
+            random.Random(f"zsnr-shuffle/{self.seed}/{g}/{start[0]}/{start[1]}").shuffle(order)
+        for j in range(skip, len(block)):
+            yield block[order[j]], ((*start, j + 1) if j + 1 < len(block) else (*end, 0))
+
+    def _decode(self, record: dict[str, Any], g: int) -> dict[str, Any]:
+        if self.decode == "latents":
+            lat_ext, lat, txt_ext, txt = record["payload"]
+            return {**record, "latents": load_tensor(lat, lat_ext), "text_states": load_tensor(txt, txt_ext)}
+        ordinal, index = record["cursor"]
+        rng = random.Random(f"zsnr-augment/{self.seed}/{g}/{ordinal}/{index}")
+        image = decode_image(record["payload"], self.resolution, self.random_crop, self.random_flip, rng)
+        return {**record, "image": image}
+
+    def _collate(
+        self, items: list[dict[str, Any]], stats: DataStats, resume: dict[str, Any]
+    ) -> dict[str, Any]:
+        batch: dict[str, Any] = {"key": [i["key"] for i in items], "caption": [i["caption"] for i in items]}
+        names = ("latents", "text_states") if self.decode == "latents" else ("image",)
+        for name in names:
+            batch[name] = torch.stack([i[name] for i in items])
+        if self.tokenizer is not None:
+            batch["input_ids"] = self.tokenizer(batch["caption"])
+        batch["stats"] = stats.delta()
+        batch["resume"] = resume
+        return batch

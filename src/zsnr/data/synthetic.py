@@ -1,0 +1,221 @@
+"""A synthetic LAION-like data set: shapes and textures on backgrounds from black to white.
+
+What it is for: the embedded default, the tests and the brightness demo. The paper's claim is that a model
+trained with the fixes can follow "a solid black background" / "a white background"; so backgrounds span the
+whole brightness range (image mean brightness std about 0.5 in [-1, 1] units) and captions name them.
+Each sample's json has LAION's fields, set so that a few samples fail each filter of LaionFilter's defaults,
+plus "brightness" (image mean in [-1, 1]) and "brightness_class" (dark < -1/3 <= mid <= 1/3 < bright).
+Deterministic from the seed (PNG members, fixed tar mtime).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from zsnr.data.shards import brace_pattern, write_shards
+
+# name -> RGB. Backgrounds are weighted so that black and white, the paper's hard cases, are common.
+COLORS = {
+    "black": (0, 0, 0),
+    "navy": (0, 0, 110),
+    "maroon": (110, 0, 0),
+    "dark green": (0, 90, 0),
+    "dark gray": (64, 64, 64),
+    "purple": (128, 0, 128),
+    "red": (220, 20, 20),
+    "blue": (30, 60, 230),
+    "green": (30, 170, 30),
+    "gray": (128, 128, 128),
+    "orange": (255, 150, 0),
+    "cyan": (0, 220, 230),
+    "yellow": (250, 230, 30),
+    "light gray": (200, 200, 200),
+    "pink": (255, 190, 205),
+    "beige": (240, 235, 215),
+    "white": (255, 255, 255),
+}
+BACKGROUND_WEIGHTS = {"black": 3, "white": 3, "dark gray": 2, "light gray": 2, "navy": 1.5, "beige": 1.5}
+SHAPES = ("circle", "square", "triangle", "stripes", "checkerboard")
+# Each reason makes a sample fail one filter of LaionFilter's defaults ("missing_punsafe" tests on_missing).
+REJECT_REASONS = ("width", "height", "punsafe", "pwatermark", "aesthetic", "caption", "missing_punsafe")
+REJECT_FRACTION = 0.02  # per reason
+
+
+def brightness_class(brightness: float) -> str:
+    return "dark" if brightness < -1 / 3 else "bright" if brightness > 1 / 3 else "mid"
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def _luma(rgb: tuple[int, int, int]) -> float:
+    return sum(rgb) / 3
+
+
+def render(rng: random.Random, resolution: int) -> tuple[Image.Image, str, dict[str, Any]]:
+    """One image, its caption and what it shows."""
+    names = list(COLORS)
+    background = rng.choices(names, weights=[BACKGROUND_WEIGHTS.get(n, 1.0) for n in names])[0]
+    bg = COLORS[background]
+    image = Image.new("RGB", (resolution, resolution), bg)
+    if rng.random() < 0.25:  # plain background
+        solid = "solid " if background in ("black", "white") and rng.random() < 0.5 else ""
+        return (
+            image,
+            f"{_a(solid + background)} background",
+            {"background": background, "shape": None, "color": None},
+        )
+    # a shape colour that stands out from the background
+    color = rng.choice([n for n in names if abs(_luma(COLORS[n]) - _luma(bg)) > 60 and n != background])
+    shape = rng.choice(SHAPES)
+    draw = ImageDraw.Draw(image)
+    fg, r = COLORS[color], resolution
+    if shape in ("circle", "square", "triangle"):
+        size = rng.uniform(0.25, 0.5) * r
+        x, y = rng.uniform(0, r - size), rng.uniform(0, r - size)
+        box = (x, y, x + size, y + size)
+        if shape == "circle":
+            draw.ellipse(box, fill=fg)
+        elif shape == "square":
+            draw.rectangle(box, fill=fg)
+        else:
+            draw.polygon([(x + size / 2, y), (x, y + size), (x + size, y + size)], fill=fg)
+        caption = f"{_a(color)} {shape} on {_a(background)} background"
+    else:
+        period = max(2, int(r / rng.choice((4, 6, 8))))
+        for i in range(0, r, period):
+            for j in range(0, r, period) if shape == "checkerboard" else (0,):
+                if shape == "stripes":
+                    draw.rectangle((i, 0, i + period // 2 - 1, r), fill=fg)
+                elif (i // period + j // period) % 2 == 0:
+                    draw.rectangle((i, j, i + period - 1, j + period - 1), fill=fg)
+        caption = (
+            f"{color} stripes on {_a(background)} background"
+            if shape == "stripes"
+            else f"{_a(color)} and {background} checkerboard"
+        )
+    return image, caption, {"background": background, "shape": shape, "color": color}
+
+
+def _reasons(num_samples: int, rng: random.Random) -> list[str | None]:
+    per = max(1, round(REJECT_FRACTION * num_samples)) if num_samples >= 2 * len(REJECT_REASONS) else 0
+    reasons: list[str | None] = [r for r in REJECT_REASONS for _ in range(per)]
+    reasons += [None] * (num_samples - len(reasons))
+    rng.shuffle(reasons)
+    return reasons
+
+
+def _metadata(rng: random.Random, reason: str | None) -> dict[str, Any]:
+    """LAION fields that pass the default filters, except the one named by `reason`."""
+    meta = {
+        "original_width": rng.randint(512, 2048),
+        "original_height": rng.randint(512, 2048),
+        "punsafe": round(rng.uniform(0.0, 0.09), 4),
+        "pwatermark": round(rng.uniform(0.0, 0.45), 4),
+        "aesthetic": round(rng.uniform(4.5, 7.5), 3),
+    }
+    if reason == "width":
+        meta["original_width"] = rng.randint(64, 511)
+    elif reason == "height":
+        meta["original_height"] = rng.randint(64, 511)
+    elif reason == "punsafe":
+        meta["punsafe"] = round(rng.uniform(0.1, 1.0), 4)
+    elif reason == "pwatermark":
+        meta["pwatermark"] = round(rng.uniform(0.5, 1.0), 4)
+    elif reason == "aesthetic":
+        meta["aesthetic"] = round(rng.uniform(2.0, 4.49), 3)
+    elif reason == "missing_punsafe":
+        del meta["punsafe"]
+    return meta
+
+
+def synthetic_samples(num_samples: int, resolution: int, seed: int) -> Iterator[dict[str, Any]]:
+    reasons = _reasons(num_samples, random.Random(f"zsnr-synthetic-reasons/{seed}"))
+    for i in range(num_samples):
+        rng = random.Random(f"zsnr-synthetic/{seed}/{i}")
+        image, caption, what = render(rng, resolution)
+        array = np.asarray(image, dtype=np.float64)
+        brightness = float(array.mean() / 127.5 - 1.0)
+        meta = _metadata(rng, reasons[i])
+        if reasons[i] == "caption":
+            caption = ""
+        meta.update(caption=caption, width=resolution, height=resolution, brightness=round(brightness, 5))
+        meta.update(brightness_class=brightness_class(brightness), **what)
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        key = f"{i:08d}"
+        yield {
+            "__key__": key,
+            "png": png.getvalue(),
+            "txt": caption,
+            "json": json.dumps({**meta, "key": key}),
+        }
+
+
+def make_synthetic_shards(
+    out_dir: str, num_samples: int = 2048, resolution: int = 64, seed: int = 0, samples_per_shard: int = 256
+) -> str:
+    """Write the synthetic set to out_dir/shard-NNNNNN.tar; returns the brace URL pattern of the shards."""
+    if num_samples < 1 or resolution < 8 or samples_per_shard < 1:
+        raise ValueError(
+            f"need num_samples >= 1, resolution >= 8, samples_per_shard >= 1; got {num_samples}, {resolution}, {samples_per_shard}"
+        )
+    paths = write_shards(
+        synthetic_samples(num_samples, resolution, seed),
+        os.path.join(out_dir, "shard-%06d.tar"),
+        maxcount=samples_per_shard,
+        total=num_samples,
+        desc="synthetic shards",
+        mtime=0.0,
+    )
+    return brace_pattern(paths)
+
+
+def synthetic_dir(root: str, num_samples: int, resolution: int, seed: int, samples_per_shard: int) -> str:
+    return os.path.join(root, f"synthetic-r{resolution}-n{num_samples}-s{seed}-k{samples_per_shard}")
+
+
+def synthetic_url_pattern(
+    root: str, num_samples: int = 2048, resolution: int = 64, seed: int = 0, samples_per_shard: int = 256
+) -> str:
+    """Where ensure_synthetic_shards puts (or put) this set; pure, so every rank can compute it."""
+    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard)
+    shards = math.ceil(num_samples / samples_per_shard)
+    return brace_pattern([os.path.join(out, f"shard-{i:06d}.tar") for i in range(shards)])
+
+
+def ensure_synthetic_shards(
+    root: str, num_samples: int = 2048, resolution: int = 64, seed: int = 0, samples_per_shard: int = 256
+) -> str:
+    """make_synthetic_shards into a folder named by the parameters, unless it is already complete.
+
+    Cheap when the shards exist (one stat of a marker file). Written to a temporary folder and renamed, so
+    an interrupted run or a concurrent rank never sees half a set.
+    """
+    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard)
+    pattern = synthetic_url_pattern(root, num_samples, resolution, seed, samples_per_shard)
+    if os.path.exists(os.path.join(out, "COMPLETE")):
+        return pattern
+    tmp = f"{out}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_synthetic_shards(tmp, num_samples, resolution, seed, samples_per_shard)
+    with open(os.path.join(tmp, "COMPLETE"), "w") as marker:
+        json.dump({"num_samples": num_samples, "resolution": resolution, "seed": seed}, marker)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(os.path.join(out, "COMPLETE")):
+            raise
+    return pattern
