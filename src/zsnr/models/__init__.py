@@ -1,0 +1,23 @@
+"""Build or load the UNet, autoencoder, text encoder and tokenizer of a Stable Diffusion model."""
+
+from zsnr.models.autoencoders import IdentityAutoencoder, KLAutoencoder, tiny_kl_autoencoder
+from zsnr.models.components import Components, build_components, check_model_files
+from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, Tokenizer
+from zsnr.models.unet import SD21_UNET, SD21_V_UNET, build_unet, configure_unet, tiny_unet_config
+
+__all__ = [
+    "SD21_UNET",
+    "SD21_V_UNET",
+    "Components",
+    "HFCLIPTextEncoder",
+    "IdentityAutoencoder",
+    "KLAutoencoder",
+    "OpenCLIPTextEncoder",
+    "Tokenizer",
+    "build_components",
+    "build_unet",
+    "check_model_files",
+    "configure_unet",
+    "tiny_kl_autoencoder",
+    "tiny_unet_config",
+]

@@ -1,0 +1,148 @@
+"""Build or load the four parts of a Stable Diffusion model from one plain spec dict (a `model=` config).
+
+Kinds:
+- "tiny": everything built randomly from sizes in the spec (seeded), no files; an `autoencoder` of kind "kl"
+  (a small AutoencoderKL) or "identity" (pixel space).
+- "diffusers": a local diffusers folder (how SD 2.1 is distributed): unet/, vae/, and the text encoder either
+  from its text_encoder/ (`text_encoder: transformers`) or from OpenCLIP weights (`text_encoder: open_clip`).
+- "original": an original SD 2.x single file (.safetensors, or a .ckpt that loads with weights_only=True);
+  the OpenCLIP text tower comes from that file or from `open_clip_weights`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zsnr.models.autoencoders import IdentityAutoencoder, KLAutoencoder, tiny_kl_autoencoder
+from zsnr.models.files import load_state_dict, require_dir, require_file
+from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, Tokenizer, load_open_clip_text
+from zsnr.models.unet import SD21_UNET, SD21_V_UNET, build_unet, configure_unet, tiny_unet_config
+
+# stabilityai/stable-diffusion-2-1(-base) vae/config.json
+SD21_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "scaling_factor": 0.18215,
+}
+DIFFUSERS_HINT = "the diffusers folder of stabilityai/stable-diffusion-2-1-base (or -2-1 for 768 px)"
+ORIGINAL_HINT = "v2-1_512-ema-pruned.safetensors (or v2-1_768-ema-pruned.safetensors) from stabilityai"
+
+
+@dataclass
+class Components:
+    unet: nn.Module
+    autoencoder: nn.Module  # KLAutoencoder or IdentityAutoencoder: encode(images) -> x0, decode(x0)
+    text_encoder: nn.Module  # token ids [B, L] -> hidden states [B, L, D]
+    tokenizer: Tokenizer
+    resolution: int
+    frozen_from_files: bool  # False: the frozen parts are random and must be saved with the checkpoint
+
+
+def check_model_files(spec: dict[str, Any]) -> None:
+    """Fail fast (before anything heavy) when a path in the spec does not exist."""
+    kind = spec.get("kind")
+    if kind == "tiny":
+        return
+    if kind == "diffusers":
+        needed = ("unet", "vae") + (("text_encoder",) if spec.get("text_encoder") == "transformers" else ())
+        require_dir(spec["path"], "model.path (SD 2.1 diffusers folder)", DIFFUSERS_HINT, needed)
+    elif kind == "original":
+        require_file(spec["checkpoint"], "model.checkpoint (original SD 2.x weights)", ORIGINAL_HINT)
+    else:
+        raise ValueError(f"model.kind must be 'tiny', 'diffusers' or 'original', got {kind!r}")
+    if spec.get("open_clip_weights"):
+        require_file(spec["open_clip_weights"], "model.open_clip_weights", "OpenCLIP ViT-H/14 weights")
+
+
+def build_components(spec: dict[str, Any], pretrained_unet: bool = True) -> Components:
+    """`pretrained_unet=False` builds the UNet from its config only (its weights then come from a checkpoint)."""
+    check_model_files(spec)
+    builders = {"tiny": _tiny, "diffusers": _diffusers, "original": _original}
+    parts = builders[spec["kind"]](spec, pretrained_unet)
+    configure_unet(parts.unet, spec.get("attention", "sdpa"), spec.get("gradient_checkpointing", False))
+    for frozen in (parts.autoencoder, parts.text_encoder):
+        frozen.requires_grad_(False).eval()
+    return parts
+
+
+def _tiny(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+    ae, te = dict(spec.get("autoencoder", {})), dict(spec.get("text_encoder", {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec.get("init_seed", 0)))
+        if ae.pop("kind", "kl") == "identity":
+            autoencoder: nn.Module = IdentityAutoencoder(**ae)
+        else:
+            autoencoder = tiny_kl_autoencoder(**ae)
+        text_encoder = OpenCLIPTextEncoder(
+            width=te.get("width", 32), heads=te.get("heads", 2), layers=te.get("layers", 2)
+        )
+        resolution = int(spec["resolution"])
+        unet = build_unet(
+            tiny_unet_config(
+                in_channels=autoencoder.latent_channels,
+                cross_attention_dim=text_encoder.hidden_size,
+                sample_size=resolution // autoencoder.downsample,
+                **spec.get("unet", {}),
+            )
+        )
+    return Components(unet, autoencoder, text_encoder, Tokenizer(), resolution, frozen_from_files=False)
+
+
+def _diffusers(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    path = Path(spec["path"]).expanduser()
+    if pretrained_unet:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+    else:
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path, subfolder="unet"))
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+    if spec.get("text_encoder", "transformers") == "transformers":
+        from transformers import CLIPTextModel
+
+        model = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
+        text_encoder: nn.Module = HFCLIPTextEncoder(model)
+    else:
+        text_encoder = load_open_clip_text(_need(spec, "open_clip_weights"))
+    return Components(
+        unet, KLAutoencoder(vae), text_encoder, Tokenizer(), int(spec["resolution"]), frozen_from_files=True
+    )
+
+
+def _original(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    state = load_state_dict(spec["checkpoint"])
+    unet_config = SD21_V_UNET if spec.get("variant", "base") == "v" else SD21_UNET
+    unet = build_unet(unet_config)
+    if pretrained_unet:
+        unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config))
+    vae = AutoencoderKL(**SD21_VAE)
+    vae.load_state_dict(convert_ldm_vae_checkpoint(state, SD21_VAE))
+    if spec.get("open_clip_weights"):
+        text_encoder = load_open_clip_text(spec["open_clip_weights"])
+    else:
+        text_encoder = load_open_clip_text(spec["checkpoint"], prefix="cond_stage_model.model.")
+    return Components(
+        unet, KLAutoencoder(vae), text_encoder, Tokenizer(), int(spec["resolution"]), frozen_from_files=True
+    )
+
+
+def _need(spec: dict[str, Any], key: str) -> Any:
+    if not spec.get(key):
+        raise ValueError(
+            f"model.{key} must be set for model.kind={spec['kind']!r} with these options: {spec}"
+        )
+    return spec[key]

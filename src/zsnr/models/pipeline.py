@@ -1,0 +1,76 @@
+"""Text-to-image with classifier-free guidance (rescaled, the paper's Algorithm 2) on any zsnr model parts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zsnr.diffusion import cfg, sample
+from zsnr.models.schedule import Schedule
+from zsnr.models.text import Tokenizer
+
+# Rec. 601 luma weights: an image's brightness is the mean of 0.299 R + 0.587 G + 0.114 B.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def mean_brightness(images: torch.Tensor) -> torch.Tensor:
+    """Per-image mean luma of RGB images [N, 3, H, W], in the images' own units ([-1, 1] here)."""
+    w = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * w).sum(1).mean(dim=(1, 2))
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """x_T for each seed, drawn on the CPU so a seed gives the same start on every device."""
+    xs = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(xs).to(device)
+
+
+@torch.no_grad()
+def text_to_image(
+    unet: nn.Module,
+    autoencoder: nn.Module,
+    text_encoder: nn.Module,
+    tokenizer: Tokenizer,
+    schedule: Schedule,
+    prompts: list[str],
+    seeds: list[int],
+    resolution: int,
+    num_steps: int = 25,
+    guidance_scale: float = 7.5,
+    guidance_rescale: float | None = None,
+    negative_prompt: str = "",
+    sampler: str | None = None,
+    eta: float | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """One image per (prompt, seed) pair; returns images in [-1, 1] (float32, [N, 3, H, W]).
+
+    `guidance_rescale` (phi) and `sampler` default to the schedule's; guidance_scale 1 skips the negative pass.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"need one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds")
+    device = next(unet.parameters()).device
+    phi = schedule.guidance_rescale if guidance_rescale is None else guidance_rescale
+    pos = text_encoder(tokenizer(prompts).to(device))
+    neg = text_encoder(tokenizer([negative_prompt] * len(prompts)).to(device))
+    size = resolution // autoencoder.downsample
+    x_T = initial_noise(seeds, (autoencoder.latent_channels, size, size), device)
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance_scale == 1.0:
+            return unet(x, t, encoder_hidden_states=pos).sample
+        out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([pos, neg])).sample
+        out_pos, out_neg = out.chunk(2)
+        return cfg(out_pos, out_neg, guidance_scale, phi)
+
+    x0 = sample(
+        model_fn,
+        x_T,
+        schedule.alphas_cumprod().to(device),
+        schedule.timesteps(num_steps),
+        sampler=sampler or schedule.sampler,
+        prediction_type=schedule.prediction_type,
+        eta=eta,
+        progress=progress,
+    )
+    return autoencoder.decode(x0.to(next(autoencoder.parameters(), x0).dtype)).float().clamp(-1, 1)

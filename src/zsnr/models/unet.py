@@ -1,0 +1,77 @@
+"""The denoiser: diffusers `UNet2DConditionModel`, in SD 2.1's layout or a tiny one with the same traits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+# stabilityai/stable-diffusion-2-1-base unet/config.json (the 768 px v model: sample_size 96, upcast_attention).
+SD21_UNET: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "use_linear_projection": True,
+    "norm_num_groups": 32,
+    "upcast_attention": False,
+}
+SD21_V_UNET: dict[str, Any] = {**SD21_UNET, "sample_size": 96, "upcast_attention": True}
+
+
+def build_unet(config: dict[str, Any]) -> nn.Module:
+    """A randomly initialised UNet2DConditionModel from a diffusers config dict."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**config)
+
+
+def tiny_unet_config(
+    in_channels: int,
+    cross_attention_dim: int,
+    sample_size: int,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    layers_per_block: int = 1,
+    attention_head_dim: tuple[int, ...] | None = None,
+    norm_num_groups: int = 8,
+) -> dict[str, Any]:
+    """SD's traits at toy scale: cross-attention in every block but the deepest, linear projections,
+    per-block head counts; the deepest level is a plain ResNet block as in SD 2.1."""
+    n = len(block_out_channels)
+    if n < 2:
+        raise ValueError(f"a tiny UNet needs at least 2 levels, got block_out_channels={block_out_channels}")
+    heads = attention_head_dim or tuple(max(1, c // 16) for c in block_out_channels)
+    return {
+        "sample_size": sample_size,
+        "in_channels": in_channels,
+        "out_channels": in_channels,
+        "down_block_types": ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
+        "block_out_channels": list(block_out_channels),
+        "layers_per_block": layers_per_block,
+        "attention_head_dim": list(heads),
+        "cross_attention_dim": cross_attention_dim,
+        "use_linear_projection": True,
+        "norm_num_groups": norm_num_groups,
+    }
+
+
+def configure_unet(
+    unet: nn.Module, attention: str = "sdpa", gradient_checkpointing: bool = False
+) -> nn.Module:
+    """Speed/memory switches: `attention` "sdpa" (torch's fused scaled_dot_product_attention) or "eager"
+    (plain matmul-softmax, for debugging and reference numbers); gradient checkpointing of the blocks."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    processors = {"sdpa": AttnProcessor2_0, "eager": AttnProcessor}
+    if attention not in processors:
+        raise ValueError(f"attention must be one of {sorted(processors)}, got {attention!r}")
+    unet.set_attn_processor(processors[attention]())
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet
