@@ -71,11 +71,21 @@ def read_metadata(sample: Mapping[str, Any], required: bool) -> dict[str, Any]:
 
 
 def crop_box(width: int, height: int, resolution: int, rng: random.Random | None) -> tuple[float, ...]:
-    """The square window, in source pixels, that becomes the output after resizing the short side."""
-    side = min(width, height)
-    left = (width - side) / 2 if rng is None else rng.uniform(0, width - side)
-    top = (height - side) / 2 if rng is None else rng.uniform(0, height - side)
-    return (left, top, left + side, top + side)
+    """The square window, in source pixels, that becomes the output (center crop when rng is None).
+
+    Placed like torchvision's Resize(resolution) + CenterCrop / RandomCrop: the short side is scaled to
+    `resolution`, the long side to int(long * resolution / short), and the window starts at a whole output
+    pixel (rounded half-way for the center crop, uniform for the random crop).
+    """
+    short = min(width, height)
+    out_w, out_h = (int(width * resolution / short), int(height * resolution / short))
+    out_w, out_h = (resolution if width == short else out_w), (resolution if height == short else out_h)
+    if rng is None:
+        left, top = int(round((out_w - resolution) / 2)), int(round((out_h - resolution) / 2))
+    else:
+        left, top = rng.randint(0, out_w - resolution), rng.randint(0, out_h - resolution)
+    sx, sy = width / out_w, height / out_h
+    return (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
 
 
 def decode_image(
@@ -87,8 +97,8 @@ def decode_image(
 ) -> torch.Tensor:
     """Image bytes -> uint8 tensor [3, resolution, resolution]: short side resized, center/random crop, RGB.
 
-    Equivalent to torchvision's Resize(resolution, bicubic, antialias) + CenterCrop/RandomCrop, up to the
-    rounding of the crop offset, at a fraction of the cost for large images.
+    Matches torchvision's Resize(resolution, bicubic, antialias) + CenterCrop/RandomCrop up to resampling
+    details (draft scaling, reducing_gap), at a fraction of the cost for large images.
     """
     if len(data) == 0:
         raise BadData("empty_member", "zero-byte image")

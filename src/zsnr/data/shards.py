@@ -175,12 +175,12 @@ def read_shard(url: str, on_bad: Callable[[str, str, str], None]) -> Iterator[di
                 key, ext = base_plus_ext(info.name)
                 if key is None or os.path.basename(info.name).startswith("__"):
                     continue
-                data = tar.extractfile(info).read()
-                tar.members = []  # streaming: do not keep every header in memory
                 if current is None or current["__key__"] != key:
                     if current is not None:
-                        yield current
+                        yield current  # complete: hand it out before reading on (the rest may be cut off)
                     current = {"__key__": key, "__url__": url}
+                data = tar.extractfile(info).read()
+                tar.members = []  # streaming: do not keep every header in memory
                 ext = ext.lower()
                 if ext in current:
                     on_bad("duplicate_member", url, info.name)

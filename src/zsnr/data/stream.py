@@ -111,29 +111,40 @@ class ShardStream(IterableDataset):
             self.max_bad_fraction, f" by rank {self.rank} worker {worker}", self.filters.counter_names()
         )
         records = self._records(plan, token[0], token[1], stop, stats)
-        samples = self._shuffled(records, g, token)
-        items, last = [], token
+        samples = self._shuffled(records, plan, g, token)
         if quota is not None and done >= quota:
             return
-        for record, last in samples:
+        # A full batch waits until the next sample decodes (or the stream ends), so that the counts of
+        # everything read before it, bad images included, travel with a batch.
+        items, last, pending = [], token, None
+
+        def batch(content: list, at: Sequence[int]) -> dict[str, Any]:
+            nonlocal done
+            done += 1
+            return self._collate(
+                content, stats, {"epoch": epoch, "worker": worker, "token": list(at), "batches": done}
+            )
+
+        for record, position in samples:
             try:
-                items.append(self._decode(record, g))
+                item = self._decode(record, g)
             except BadData as exn:
                 stats.bad(exn.kind, record["url"], f"{record['key']}: {exn}")
                 continue
+            if pending is not None:
+                yield batch(*pending)
+                pending = None
+            items.append(item)
+            last = position
             if len(items) == self.batch_size:
-                done += 1
-                yield self._collate(
-                    items, stats, {"epoch": epoch, "worker": worker, "token": list(last), "batches": done}
-                )
-                items = []
-                if quota is not None and done >= quota:
+                pending, items = (items, last), []
+                if quota is not None and done + 1 >= quota:
+                    yield batch(*pending)
                     return
+        if pending is not None:
+            yield batch(*pending)
         if items:
-            done += 1
-            yield self._collate(
-                items, stats, {"epoch": epoch, "worker": worker, "token": list(last), "batches": done}
-            )
+            yield batch(items, last)
         stats.check()
 
     def _records(
@@ -190,11 +201,16 @@ class ShardStream(IterableDataset):
         stats.accepted()
         return {"key": sample["__key__"], "url": sample["__url__"], "caption": caption, "payload": payload}
 
-    def _shuffled(self, records: Iterator, g: int, token: Sequence[int]) -> Iterator:
+    def _shuffled(self, records: Iterator, plan: ShardPlan, g: int, token: Sequence[int]) -> Iterator:
         """Block shuffle: permute each run of shuffle_buffer accepted samples; yields (record, token)."""
         size = max(1, self.shuffle_buffer)
         block, start, skip, cursor = [], (token[0], token[1]), token[2], None
         for record, cursor in records:
+            if block and plan.pass_of(cursor[0]) != plan.pass_of(block[0]["cursor"][0]):
+                # a pass boundary closes the block: passes stay exact even when they run back to back
+                end = (block[-1]["cursor"][0], block[-1]["cursor"][1] + 1)
+                yield from self._emit(block, start, end, skip, g)
+                block, start, skip = [], end, 0
             record["cursor"] = cursor
             block.append(record)
             if len(block) == size:

@@ -1,0 +1,96 @@
+"""Bad data never stops training: each kind is skipped, counted and logged with its shard; too much stops it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+import pytest
+from shard_factory import image_bytes, laion_sample, member_offsets, write_tar
+
+from zsnr.data import BadDataError, ShardStream, WebDataModule, parse_sources
+
+GOOD_META = json.dumps(
+    {"original_width": 800, "original_height": 600, "punsafe": 0.0, "pwatermark": 0.0, "aesthetic": 6.0}
+).encode()
+
+
+def broken_shards(tmp_path) -> tuple[str, str, set[str]]:
+    """Shard a: 10 good samples and one of each broken kind; shard b: 4 good samples cut in the third."""
+    jpg = image_bytes(40, 30)
+    members = [m for i in range(10) for m in laion_sample(f"good{i}", seed=i)]
+    members += [("bdecode.jpg", b"\xff\xd8 garbage"), ("bdecode.json", GOOD_META), ("bdecode.txt", b"x")]
+    members += [("bnojson.jpg", jpg), ("bnojson.txt", b"x")]
+    members += [("bjson.jpg", jpg), ("bjson.json", b"{broken"), ("bjson.txt", b"x")]
+    members += [("bzero.jpg", b""), ("bzero.json", GOOD_META), ("bzero.txt", b"x")]
+    members += [("benc.jpg", jpg), ("benc.json", GOOD_META), ("benc.txt", "café".encode("latin-1"))]
+    members += [("bnoimg.json", GOOD_META), ("bnoimg.txt", b"x")]
+    a = write_tar(str(tmp_path / "a.tar"), members)
+    b = write_tar(str(tmp_path / "b.tar"), [m for i in range(4) for m in laion_sample(f"cut{i}", seed=i)])
+    with open(b, "r+b") as f:
+        f.truncate(member_offsets(b)["cut2.jpg"] + 100)
+    return a, b, {f"good{i}" for i in range(10)} | {"cut0", "cut1"}
+
+
+def test_every_kind_is_skipped_counted_and_logged(tmp_path, caplog):
+    a, b, good = broken_shards(tmp_path)
+    dataset = ShardStream(parse_sources([a, b]), batch_size=4, resolution=16, max_bad_fraction=1.0)
+    with caplog.at_level(logging.WARNING, logger="zsnr.data"):
+        batches = list(dataset)
+    assert {k for batch in batches for k in batch["key"]} == good
+    stats = sum((Counter(batch["stats"]) for batch in batches), Counter())
+    kinds = [
+        "image_decode",
+        "json_missing",
+        "json_broken",
+        "empty_member",
+        "caption_encoding",
+        "missing_image",
+        "truncated_tar",
+    ]
+    assert {k: v for k, v in stats.items() if k.startswith("bad/") and v} == {f"bad/{k}": 1 for k in kinds}
+    assert stats["seen"] == 18 and stats["accepted"] == 13  # bdecode passes the json filters, fails to decode
+    for kind, shard in [(k, a) for k in kinds[:-1]] + [("truncated_tar", b)]:
+        assert any(kind in r.getMessage() and shard in r.getMessage() for r in caplog.records), kind
+
+
+def test_too_much_bad_data_stops_with_the_worst_shards_named(tmp_path):
+    a, b, _ = broken_shards(tmp_path)
+    dataset = ShardStream(parse_sources([a, b]), batch_size=4, resolution=16, max_bad_fraction=0.2)
+    with pytest.raises(BadDataError, match="max_bad_fraction=0.2") as info:
+        list(dataset)
+    message = str(info.value)
+    assert message.index(a) < message.index(b)  # worst first: a has 6 bad samples, b one cut
+    assert "7 bad data events for 18 samples" in message
+
+
+def test_an_endless_stream_of_bad_data_stops_too(tmp_path):
+    members = []
+    for i in range(20):
+        members += (
+            laion_sample(f"ok{i}", seed=i)
+            if i % 2
+            else [(f"bad{i}.jpg", b"junk"), (f"bad{i}.json", GOOD_META), (f"bad{i}.txt", b"x")]
+        )
+    shard = write_tar(str(tmp_path / "half.tar"), members)
+    dataset = ShardStream(
+        parse_sources(shard), batch_size=4, resolution=16, resampled=True, max_bad_fraction=0.1
+    )
+    with pytest.raises(BadDataError, match="half.tar"):
+        for _ in dataset:
+            pass
+
+
+def test_datamodule_checks_shards_and_pipe_before_reading(tmp_path):
+    a, _, _ = broken_shards(tmp_path)
+    with pytest.raises(ValueError, match="allow_pipe"):
+        WebDataModule(urls=f"pipe:cat {a}", resolution=16)
+    dm = WebDataModule(
+        urls=f"pipe:cat {a}", resolution=16, batch_size=4, num_workers=0, allow_pipe=True, max_bad_fraction=1
+    )
+    dm.setup()
+    assert {k for batch in dm.train_dataloader() for k in batch["key"]} == {f"good{i}" for i in range(10)}
+    missing = WebDataModule(urls=str(tmp_path / "x-{0..2}.tar"), resolution=16)
+    with pytest.raises(FileNotFoundError, match="3 shard"):
+        missing.setup()

@@ -1,0 +1,116 @@
+"""Exact resume: read K batches, save, restore in a new datamodule: the rest equals an uninterrupted read."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from zsnr.data import WebDataModule
+
+
+def run(kwargs: dict, epochs: int, stop_after: int | None = None, state: dict | None = None):
+    """Iterate `epochs` epochs (the first one continues a saved state); returns batches and final state."""
+    dm = WebDataModule(**kwargs)
+    if state is not None:
+        dm.load_state_dict(state)
+    dm.setup()
+    loader, batches = dm.train_dataloader(), []
+    for _ in range(epochs):
+        for batch in loader:
+            batches.append(batch)
+            if stop_after is not None and len(batches) == stop_after:
+                return batches, dm.state_dict()
+    return batches, dm.state_dict()
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        x["key"] == y["key"] and x["caption"] == y["caption"] and torch.equal(x["image"], y["image"])
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+CASES = {
+    # one exact pass per epoch, unequal worker shares, augmentations on: cut early, just before and after the epoch end
+    "finite": ({"num_workers": 2, "random_crop": True, "random_flip": True}, [3, -1, +2]),
+    "one_process": ({"num_workers": 0}, [4]),
+    # exact passes back to back in epochs of 64 samples (8 batches): cut mid-epoch and at the boundary
+    "epoch_length": ({"num_workers": 2, "epoch_length": 64}, [3, 8, 11]),
+    "resampled": ({"num_workers": 2, "epoch_length": 64, "resampled": True}, [5]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_continues_exactly(case, three_shards):
+    extra, cuts = CASES[case]
+    kwargs = {
+        "urls": three_shards.urls,
+        "resolution": 24,
+        "batch_size": 8,
+        "shuffle_buffer": 16,
+        "seed": 3,
+        **extra,
+    }
+    full, _ = run(kwargs, epochs=2)
+    first_epoch = sum(b["resume"]["epoch"] == 0 for b in full)
+    for cut in cuts:
+        k = first_epoch + cut if cut < 0 or (case == "finite" and cut == 2) else cut
+        head, state = run(kwargs, epochs=2, stop_after=k)
+        epochs_left = 2 - state["ranks"][0]["position"]["epoch"]
+        tail, _ = run(kwargs, epochs=epochs_left, state=state)
+        assert same(head + tail, full), (case, k)
+
+
+def test_a_changed_setup_restarts_the_saved_epoch_with_a_warning(three_shards, caplog):
+    kwargs = {"urls": three_shards.urls, "resolution": 16, "batch_size": 8, "num_workers": 0}
+    _, state = run(kwargs, epochs=1, stop_after=3)
+    with caplog.at_level(logging.WARNING, logger="zsnr.data"):
+        tail, _ = run({**kwargs, "num_workers": 2}, epochs=1, state=state)
+    assert "cannot continue the data stream exactly" in caplog.text
+    assert {k for b in tail for k in b["key"]} == three_shards.accepted
+    assert WebDataModule(**kwargs).state_dict() == {}  # nothing to save before setup
+
+
+class KeyRecorder(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.keys: list[list[str]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.keys.append(batch["key"])
+        return (self.weight * batch["image"].float().mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def fit(data_kwargs: dict, root: str, max_steps: int, ckpt_path: str | None = None) -> list[list[str]]:
+    module = KeyRecorder()
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=5, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[checkpoints], default_root_dir=root)  # fmt: skip
+    trainer.fit(module, datamodule=WebDataModule(**data_kwargs), ckpt_path=ckpt_path)
+    return module.keys
+
+
+def test_lightning_checkpoint_resume_continues_exactly(three_shards, tmp_path):
+    """Through Trainer.fit: Lightning fetches a batch ahead, the datamodule must still save what was used."""
+    kwargs = {
+        "urls": three_shards.urls,
+        "resolution": 16,
+        "batch_size": 8,
+        "num_workers": 2,
+        "shuffle_buffer": 16,
+    }
+    full = fit(kwargs, str(tmp_path), max_steps=14)  # one pass is 10 batches: crosses an epoch end
+    assert len(full) == 14
+    for step in (5, 10):
+        (ckpt,) = glob.glob(os.path.join(tmp_path, f"*step={step}.ckpt"))
+        resumed = fit(kwargs, str(tmp_path / f"r{step}"), max_steps=14, ckpt_path=ckpt)
+        assert resumed == full[step:], step
