@@ -146,11 +146,11 @@ def synthetic_samples(num_samples: int, resolution: int, seed: int) -> Iterator[
         rng = random.Random(f"zsnr-synthetic/{seed}/{i}")
         image, caption, what = render(rng, resolution)
         array = np.asarray(image, dtype=np.float64)
-        brightness = float(array.mean() / 127.5 - 1.0)
+        brightness = round(float(array.mean() / 127.5 - 1.0), 5)
         meta = _metadata(rng, reasons[i])
         if reasons[i] == "caption":
             caption = ""
-        meta.update(caption=caption, width=resolution, height=resolution, brightness=round(brightness, 5))
+        meta.update(caption=caption, width=resolution, height=resolution, brightness=brightness)
         meta.update(brightness_class=brightness_class(brightness), **what)
         png = io.BytesIO()
         image.save(png, format="PNG")

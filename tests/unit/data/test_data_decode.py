@@ -108,7 +108,7 @@ def test_bad_image_bytes_raise_bad_data():
 
 
 def test_caption_and_metadata_parsing():
-    assert read_caption({"txt": " a dog \n".encode()}, {}) == "a dog"
+    assert read_caption({"txt": b" a dog \n"}, {}) == "a dog"
     assert read_caption({}, {"caption": "from json"}) == "from json"
     assert read_caption({"txt": b""}, {"caption": "fallback"}) == "fallback"
     with pytest.raises(BadData) as info:

@@ -61,9 +61,12 @@ def test_every_sample_once_per_pass(num_shards, workers):
 
 def test_passes_reshuffle_and_seed_matters():
     urls = tuple(f"s{i}.tar" for i in range(20))
-    order = lambda seed, p: [
-        t.url for t in itertools.islice(ShardPlan([Source(urls)], seed, False, 0, 1).tasks(20 * p), 20)
-    ]  # noqa: E731
+
+    def order(seed, p):
+        return [
+            t.url for t in itertools.islice(ShardPlan([Source(urls)], seed, False, 0, 1).tasks(20 * p), 20)
+        ]
+
     assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0) and order(0, 1) == order(0, 1)
 
 
