@@ -25,6 +25,7 @@ from typing import Any
 PREFERRED = (
     "fid",
     "inception_score",
+    "inception_score_std",
     "clip_score",
     "brightness.mean",
     "brightness.std",
@@ -39,7 +40,12 @@ SKIP = (
     "brightness.reference",
     "brightness.dark_threshold",
     "brightness.bright_threshold",
+    "brightness.n",
+    "fid_reference_images",
+    "num_images",
 )
+# Column titles of the image grid
+LABELS = {"guidance_rescale": "phi", "guidance_scale": "w"}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, float]:
@@ -154,7 +160,8 @@ def image_grid(
     captions = {e["file"]: e["caption"] for e in json.loads(index.read_text())} if index.is_file() else {}
     fig, axes = plt.subplots(len(names), len(rows), figsize=(2 * len(rows), 2 * len(names)), squeeze=False)
     for j, (row, folder) in enumerate(zip(rows, folders, strict=True)):
-        axes[0, j].set_title(f"{key}={row[key]:g}" if isinstance(row[key], int | float) else str(row[key]))
+        value = f"{row[key]:g}" if isinstance(row[key], int | float) else str(row[key])
+        axes[0, j].set_title(f"{LABELS.get(key, key)} = {value}")
         for i, name in enumerate(names):
             with Image.open(folder / name) as im:
                 axes[i, j].imshow(im.convert("RGB"))

@@ -127,3 +127,22 @@ def test_inception_features_from_a_local_file(tmp_path, monkeypatch):
     net = InceptionV3Features(tmp_path / "w.pth")
     pool, logits = net(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
     assert pool.shape == (2, 2048) and logits.shape == (2, 1008) and torch.isfinite(pool).all()
+
+
+def test_batched_metrics_equal_closed_forms():
+    from zsnr.evaluation.metrics import compute_metrics
+
+    real = gaussian_images(200, 120.0, 9.0, seed=0)
+    fake = gaussian_images(61, 100.0, 6.0, seed=1)
+    ext = PixelFeatures()
+    rf, _, rb = extract(ext, [real])
+    out = compute_metrics(fake, batch_size=7, extractor=ext, reference=ReferenceStats.from_features(rf, rb))
+    ff = fake.double().flatten(1).numpy()
+    assert out["num_images"] == 61 and out["fid_reference_images"] == 200
+    assert out["fid"] == pytest.approx(closed_form_fid(rf.numpy(), ff), rel=1e-6)
+    assert "inception_score" not in out and "clip_score" not in out
+    luma = (fake.double() / 127.5 - 1).mul(torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(3, 1, 1))
+    assert out["brightness"]["mean"] == pytest.approx(luma.sum(1).mean((1, 2)).mean().item())
+    assert out["brightness"]["reference"]["n"] == 200
+    with pytest.raises(ValueError, match="uint8"):
+        compute_metrics(fake.float())

@@ -1,0 +1,187 @@
+"""A zsnr checkpoint as a diffusers folder that keeps the paper's fixes in its scheduler config.
+
+    export_diffusers(load_for_inference(ckpt), out_dir)   # or: python launch/export.py checkpoint=... out=DIR
+
+Writes a `StableDiffusionPipeline` folder (safetensors): the EMA UNet, the VAE, the text encoder as a
+transformers `CLIPTextModel`, a `CLIPTokenizer`, and a `DDIMScheduler` configured as the checkpoint samples:
+`rescale_betas_zero_snr`, `prediction_type`, `timestep_spacing` from its schedule, `clip_sample=False`, and
+`set_alpha_to_one=True` (the last DDIM step lands on the x0 prediction, as zsnr's samplers do). Other tools
+drop these flags (InvokeAI #7601, Forge #2371); the folder is audited (zsnr.audit) after writing.
+
+An OpenCLIP text tower (SD 2.x's, or model=tiny's) is converted to a `CLIPTextModel` the way diffusers'
+SD 2.x conversion does: the penultimate read-out becomes a model with one layer less, whose
+`last_hidden_state` (final LayerNorm applied) is the same conditioning.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from zsnr.models.schedule import Schedule
+from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, Tokenizer
+
+# zsnr.diffusion.make_betas kinds that diffusers builds the same way (same constants); others go as trained_betas
+DIFFUSERS_BETAS = {
+    "linear": {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+    "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
+}
+
+
+def open_clip_to_clip_text_model(encoder: OpenCLIPTextEncoder) -> nn.Module:
+    """transformers CLIPTextModel with the first L-1 blocks of an open_clip TextTransformer and its ln_final."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tower = encoder.tower
+    blocks = tower.transformer.resblocks
+    width, heads = encoder.width, blocks[0].attn.num_heads
+    mlp = blocks[0].mlp
+    if not isinstance(mlp.gelu, nn.GELU) or mlp.gelu.approximate != "none":
+        raise ValueError(f"only exact-GELU open_clip towers convert to CLIPTextModel, got {mlp.gelu}")
+    config = CLIPTextConfig(
+        vocab_size=tower.vocab_size,
+        hidden_size=width,
+        intermediate_size=mlp.c_fc.out_features,
+        num_hidden_layers=len(blocks) - 1,  # the penultimate read-out
+        num_attention_heads=heads,
+        max_position_embeddings=tower.num_pos,
+        hidden_act="gelu",
+        layer_norm_eps=tower.ln_final.eps,
+        projection_dim=width,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+    )
+    src = tower.state_dict()
+    out = {
+        "embeddings.token_embedding.weight": src["token_embedding.weight"],
+        "embeddings.position_embedding.weight": src["positional_embedding"],
+        "final_layer_norm.weight": src["ln_final.weight"],
+        "final_layer_norm.bias": src["ln_final.bias"],
+    }
+    renames = {
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "attn.out_proj": "self_attn.out_proj",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
+    for i in range(config.num_hidden_layers):
+        a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for old, new in renames.items():
+            for p in ("weight", "bias"):
+                out[f"{b}{new}.{p}"] = src[f"{a}{old}.{p}"]
+        for p in ("weight", "bias"):
+            for name, chunk in zip("qkv", src[f"{a}attn.in_proj_{p}"].chunk(3), strict=True):
+                out[f"{b}self_attn.{name}_proj.{p}"] = chunk
+    model = CLIPTextModel(config)
+    own = model.state_dict()
+    # transformers 4 names these "text_model.<key>", transformers 5 "<key>" (its files keep "text_model.")
+    prefix = "text_model." if "text_model.final_layer_norm.weight" in own else ""
+    out = {prefix + k: v for k, v in out.items()}
+    missing = sorted(k for k in own if k not in out and not k.endswith("position_ids"))
+    if missing:
+        raise RuntimeError(
+            f"open_clip -> CLIPTextModel mapping misses {missing[:5]}: transformers changed its layout?"
+        )
+    model.load_state_dict({k: v.clone() for k, v in out.items()}, strict=False)
+    return model.eval()
+
+
+def _bpe_files(tokenizer: Tokenizer, folder: Path) -> tuple[Path, Path]:
+    """vocab.json and merges.txt (the files of stabilityai's tokenizer/ folders) from open_clip's bundled BPE."""
+    bpe = tokenizer._bpe
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {specials.get(k, k): v for k, v in bpe.encoder.items()}
+    merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda kv: kv[1])]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder / "vocab.json", folder / "merges.txt"
+
+
+def clip_tokenizer(tokenizer: Tokenizer):
+    """transformers CLIPTokenizer with the BPE that open_clip bundles, padding with "!" = id 0 as open_clip does
+    (stabilityai's SD 2.x tokenizer does the same). One known difference, shared with stabilityai's folders: a
+    "!" in a prompt becomes the pad token (id 0) instead of "!</w>" (id 256)."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab, merges = _bpe_files(tokenizer, Path(tmp))
+        return CLIPTokenizer(
+            vocab=str(vocab), merges=str(merges), pad_token="!", model_max_length=tokenizer.context_length
+        )
+
+
+def ddim_scheduler(schedule: Schedule):
+    """DDIMScheduler that samples like zsnr with this schedule; its betas are checked against zsnr's."""
+    from diffusers import DDIMScheduler
+
+    betas = DIFFUSERS_BETAS.get(schedule.betas) or {
+        "trained_betas": schedule.make_betas().float().tolist(),  # already rescaled when asked to be
+    }
+    scheduler = DDIMScheduler(
+        num_train_timesteps=schedule.num_timesteps,
+        **betas,
+        rescale_betas_zero_snr=schedule.rescale_zero_terminal_snr and "trained_betas" not in betas,
+        prediction_type=schedule.prediction_type,
+        timestep_spacing=schedule.spacing,
+        steps_offset=1,  # StableDiffusionPipeline forces 1; only "leading" reads it (then 901, not zsnr's 900)
+        clip_sample=False,
+        set_alpha_to_one=True,
+    )
+    # diffusers rescales in float32: its abar is within ~4e-7 of zsnr's float64 one
+    worst = (scheduler.alphas_cumprod.double() - schedule.alphas_cumprod()).abs().max().item()
+    if worst > 1e-5:
+        raise RuntimeError(
+            f"diffusers' DDIMScheduler abar differs from zsnr's for {schedule} by up to {worst:.3g}"
+        )
+    return scheduler
+
+
+def export_diffusers(model, out_dir: str | Path, audit: bool = True) -> Path:
+    """Write `model` (a zsnr.training.InferenceModel) as a diffusers StableDiffusionPipeline folder."""
+    from diffusers import StableDiffusionPipeline
+
+    vae = getattr(model.autoencoder, "vae", None)
+    if vae is None:
+        raise ValueError(
+            f"the checkpoint's autoencoder is {type(model.autoencoder).__name__} (pixel space): a diffusers "
+            "StableDiffusionPipeline needs an AutoencoderKL; only latent models (model.autoencoder.kind=kl or "
+            "an SD 2.1 VAE) can be exported"
+        )
+    if isinstance(model.text_encoder, HFCLIPTextEncoder):
+        text_encoder = model.text_encoder.model
+    elif isinstance(model.text_encoder, OpenCLIPTextEncoder):
+        text_encoder = open_clip_to_clip_text_model(model.text_encoder)
+    else:
+        raise ValueError(f"cannot export a text encoder of type {type(model.text_encoder).__name__}")
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(model.tokenizer),
+        unet=model.unet,
+        scheduler=ddim_scheduler(model.schedule),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out_dir = Path(out_dir).expanduser()
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    _bpe_files(model.tokenizer, out_dir / "tokenizer")  # for loaders that read the slow-tokenizer files
+    (out_dir / "zsnr_export.json").write_text(
+        json.dumps(
+            {"schedule": model.schedule.to_dict(), "step": model.step, "resolution": model.resolution},
+            indent=2,
+        )
+    )
+    if audit:
+        from zsnr.audit import audit as run_audit
+        from zsnr.audit import format_audit
+
+        print(format_audit(run_audit(out_dir)))
+    return out_dir
