@@ -1,0 +1,25 @@
+"""Training: the LightningModule, EMA, callbacks, batch arithmetic, checkpoints and inference loading."""
+
+from zsnr.training.batching import BatchPlan, plan_batches, world_size
+from zsnr.training.callbacks import NonFiniteGuard, SampleGrid, TrainMetrics
+from zsnr.training.checkpointing import AtomicCheckpoint, newest_checkpoint, resolve_resume
+from zsnr.training.ema import ema_decay, ema_update_
+from zsnr.training.inference import InferenceModel, load_for_inference
+from zsnr.training.module import DiffusionModule
+
+__all__ = [
+    "AtomicCheckpoint",
+    "BatchPlan",
+    "DiffusionModule",
+    "InferenceModel",
+    "NonFiniteGuard",
+    "SampleGrid",
+    "TrainMetrics",
+    "ema_decay",
+    "ema_update_",
+    "load_for_inference",
+    "newest_checkpoint",
+    "plan_batches",
+    "resolve_resume",
+    "world_size",
+]

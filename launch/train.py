@@ -1,0 +1,139 @@
+"""Train (fine-tune) a Stable Diffusion UNet: `python launch/train.py [overrides]`. See configs/train.yaml."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from zsnr.models import Tokenizer, check_model_files
+from zsnr.training import (
+    AtomicCheckpoint,
+    NonFiniteGuard,
+    SampleGrid,
+    TrainMetrics,
+    plan_batches,
+    resolve_resume,
+    world_size,
+)
+
+log = logging.getLogger("zsnr.train")
+CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    import torch
+
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def wandb_offline(setting: Any) -> bool:
+    """`auto`: offline unless WANDB_MODE says otherwise or an API key is configured (wandb login)."""
+    if setting != "auto":
+        return bool(setting)
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"] in ("offline", "disabled", "dryrun")
+    try:
+        import wandb
+
+        return not wandb.api.api_key
+    except Exception:
+        return True
+
+
+def finish_wandb(trainer: pl.Trainer) -> None:
+    """Close the wandb run, or the next job of a multirun (same process) would log into this one."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def build_logger(cfg: DictConfig) -> Any:
+    if "offline" in cfg.logger:
+        return instantiate(cfg.logger, offline=wandb_offline(cfg.logger.offline))
+    return instantiate(cfg.logger)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Everything `python launch/train.py` does; returns the run directory and the last checkpoint."""
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen EMA copy
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.run_dir)
+    # Cheap checks first: the batch arithmetic and the model files, before any model or data loads.
+    world = world_size(cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.accelerator)
+    plan = plan_batches(cfg.global_batch_size, cfg.micro_batch_size, world)
+    check_model_files(OmegaConf.to_container(cfg.model, resolve=True))
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    log.info("%s; precision %s; run directory %s", plan.describe(), precision, run_dir)
+
+    datamodule = instantiate(
+        cfg.data,
+        resolution=cfg.model.resolution,
+        batch_size=plan.micro_batch_size,
+        seed=cfg.seed,
+        tokenizer=Tokenizer(),
+    )
+    module = instantiate(cfg.module)
+    callbacks: list[pl.Callback] = [
+        AtomicCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last),
+        NonFiniteGuard(cfg.nonfinite.max_consecutive),
+        TrainMetrics(plan.global_batch_size, cfg.metrics.every_n_steps, cfg.metrics.timestep_buckets),
+    ]
+    if cfg.samples.every_n_steps > 0:
+        s = cfg.samples
+        callbacks.append(
+            SampleGrid(
+                str(run_dir / "samples"),
+                list(s.prompts),
+                list(s.seeds),
+                s.every_n_steps,
+                s.num_steps,
+                s.guidance_scale,
+                s.guidance_rescale,
+            )
+        )
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        precision=precision,
+        accumulate_grad_batches=plan.accumulate_grad_batches,
+        max_steps=cfg.max_steps,
+        callbacks=callbacks,
+        logger=build_logger(cfg),
+        default_root_dir=str(run_dir),
+    )
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    ckpt_path = resolve_resume(cfg.resume, run_dir / "checkpoints")
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    finally:
+        finish_wandb(trainer)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return {
+        "run_dir": run_dir,
+        "last_checkpoint": last.resolve() if last.exists() else None,
+        "trainer": trainer,
+    }
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Checkpoints that a crash can never break, `resume=auto`, and RNG state that loads with weights_only=True.
+
+Layout of a run directory:
+    checkpoints/step=000200.ckpt   every `every_n_steps` optimizer steps, and one at the end of training
+    checkpoints/last.ckpt          a symlink to the newest complete checkpoint
+
+Each checkpoint is written to a temporary name and renamed into place (an atomic operation on POSIX file
+systems); `last.ckpt` is then swapped by renaming a fresh symlink over it. A crash at any moment leaves either
+the old or the new `last`, both complete. Under sharded strategies the checkpoint path is a directory, which is
+renamed the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+LAST = "last.ckpt"
+
+
+def step_name(step: int) -> str:
+    return f"step={step:06d}.ckpt"
+
+
+def rng_states() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and python RNG states as tensors and ints (safe for weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "gauss": [has_gauss, cached],
+        },
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], *n["gauss"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class AtomicCheckpoint(pl.Callback):
+    """Save every `every_n_steps` optimizer steps and at the end; keep the newest `keep_last` step files."""
+
+    def __init__(
+        self, dirpath: str | os.PathLike, every_n_steps: int = 1000, keep_last: int | None = 3
+    ) -> None:
+        if every_n_steps <= 0:
+            raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.keep_last = keep_last
+        self._saved_step = -1
+        self._seen_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._seen_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        stepped, self._seen_step = step != self._seen_step, step  # only right after an optimizer step,
+        if stepped and step % self.every_n_steps == 0:  # never in the middle of an accumulation
+            self.save(trainer, step)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._saved_step:
+            self.save(trainer, trainer.global_step)
+
+    def save(self, trainer: pl.Trainer, step: int) -> Path:
+        """Collective: every rank calls it (sharded strategies write one piece per rank)."""
+        final = self.dirpath / step_name(step)
+        tmp = self.dirpath / f".tmp-{step_name(step)}"
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            _remove(tmp)
+        trainer.strategy.barrier("zsnr_checkpoint_prepare")
+        self._saved_step = step  # before saving: the checkpoint records itself as saved
+        trainer.save_checkpoint(tmp, weights_only=False)
+        trainer.strategy.barrier("zsnr_checkpoint_written")
+        if trainer.is_global_zero:
+            _remove(final)
+            os.replace(tmp, final)
+            link_tmp = self.dirpath / f".tmp-{LAST}"
+            _remove(link_tmp)
+            os.symlink(final.name, link_tmp)
+            os.replace(link_tmp, self.dirpath / LAST)
+            self._prune()
+            rank_zero_info(f"checkpoint: {final} (last -> {final.name})")
+        trainer.strategy.barrier("zsnr_checkpoint_done")
+        return final
+
+    def _prune(self) -> None:
+        if not self.keep_last:
+            return
+        steps = sorted(self.dirpath.glob("step=*.ckpt"))
+        for old in steps[: -self.keep_last]:
+            _remove(old)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"saved_step": self._saved_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_step = int(state_dict.get("saved_step", -1))
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def resolve_resume(resume: str | None, checkpoint_dir: str | os.PathLike) -> str | None:
+    """`resume`: None (start fresh), "auto" (the run's newest checkpoint if there is one), or a path to a
+    checkpoint or to a run/checkpoint directory (its last). Returns the checkpoint path for Trainer.fit."""
+    if resume in (None, "", "none", "null"):
+        return None
+    if resume == "auto":
+        found = newest_checkpoint(checkpoint_dir)
+        rank_zero_info(
+            f"resume=auto: {'continuing from ' + str(found) if found else 'no checkpoint yet, fresh start'}"
+        )
+        return str(found) if found else None
+    path = Path(resume).expanduser()
+    if path.is_dir() and not path.name.endswith(".ckpt"):
+        found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"resume={resume}: no checkpoint in {path} or {path / 'checkpoints'}")
+        return str(found)
+    if not path.exists():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint. Use resume=auto or a path to a .ckpt")
+    return str(path)
+
+
+def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
+    directory = Path(checkpoint_dir)
+    last = directory / LAST
+    if last.exists():  # a dangling link (its target pruned by hand) falls through to the step files
+        return last.resolve()
+    steps = sorted(directory.glob("step=*.ckpt"))
+    return steps[-1] if steps else None

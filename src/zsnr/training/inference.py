@@ -1,0 +1,86 @@
+"""Load a training checkpoint for sampling, evaluation or export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zsnr.models import Tokenizer, build_components
+from zsnr.models.pipeline import text_to_image
+from zsnr.models.schedule import Schedule
+
+
+@dataclass
+class InferenceModel:
+    unet: nn.Module  # the EMA weights unless use_ema=False
+    autoencoder: nn.Module  # encode(images) -> x0 / decode(x0); `.vae` is the diffusers AutoencoderKL if any
+    text_encoder: nn.Module
+    tokenizer: Tokenizer
+    schedule: Schedule
+    resolution: int
+    model_spec: dict[str, Any]  # the `model=` config it was trained with
+    step: int
+
+    def __iter__(self):  # unet, vae, text_encoder, tokenizer, schedule = load_for_inference(...)
+        return iter((self.unet, self.autoencoder, self.text_encoder, self.tokenizer, self.schedule))
+
+    def generate(self, prompts: list[str], seeds: list[int], **kwargs: Any) -> torch.Tensor:
+        """Images in [-1, 1]; kwargs as zsnr.models.pipeline.text_to_image (num_steps, guidance_scale, ...)."""
+        return text_to_image(
+            self.unet, self.autoencoder, self.text_encoder, self.tokenizer, self.schedule, prompts, seeds,
+            self.resolution, **kwargs,
+        )  # fmt: skip
+
+
+def load_for_inference(
+    ckpt_path: str | Path,
+    device: str | torch.device = "cpu",
+    use_ema: bool = True,
+    model_overrides: dict[str, Any] | None = None,
+) -> InferenceModel:
+    """Rebuild the model parts of a zsnr checkpoint with the schedule it was trained with.
+
+    Reads the file with torch.load(weights_only=True). The UNet comes from the checkpoint (EMA by default); the
+    autoencoder and text encoder from the checkpoint when they were random (model=tiny), else from the paths in
+    the saved model config. `model_overrides` replaces keys of that config (e.g. {"path": ...} when the base
+    model lives elsewhere on this machine).
+    """
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a directory (a sharded checkpoint); consolidate it into one file first "
+            "(see the README's multi-node section) or pass a .ckpt file"
+        )
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "hyper_parameters" not in ckpt or "zsnr" not in ckpt:
+        raise ValueError(f"{path} is not a zsnr training checkpoint (no hyper_parameters / zsnr entries)")
+    hp = ckpt["hyper_parameters"]
+    spec = {**hp["model"], **(model_overrides or {})}
+    schedule = Schedule(**hp["diffusion"])
+    if not torch.equal(ckpt["zsnr"]["betas"].double(), schedule.make_betas()):
+        raise ValueError(
+            f"{path}: the betas saved with the checkpoint differ from what {schedule} gives with this version of "
+            "zsnr.diffusion; sampling would use another schedule than the one trained with."
+        )
+    parts = build_components(spec, pretrained_unet=False)
+    prefix = "ema_unet." if use_ema else "unet."
+    weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    parts.unet.load_state_dict(weights)
+    for name, state in ckpt.get("frozen", {}).items():
+        getattr(parts, name).load_state_dict(state)
+    for part in (parts.unet, parts.autoencoder, parts.text_encoder):
+        part.to(device).eval().requires_grad_(False)
+    return InferenceModel(
+        unet=parts.unet,
+        autoencoder=parts.autoencoder,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        schedule=schedule,
+        resolution=parts.resolution,
+        model_spec=spec,
+        step=int(ckpt.get("global_step", 0)),
+    )

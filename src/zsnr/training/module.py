@@ -1,0 +1,209 @@
+"""The LightningModule: fine-tune a Stable Diffusion UNet with the schedule and loss of a `diffusion=` config.
+
+Only the UNet trains. The autoencoder and text encoder are frozen, in eval mode, run under no_grad, and kept
+*outside* the module tree (a plain dict): they are never wrapped by DDP, sharded by FSDP, or written to
+checkpoints (unless they were built randomly, as in model=tiny, so a checkpoint can still be sampled).
+An EMA copy of the UNet (`ema_unet`, float32, no grad) *is* part of the tree, so every strategy saves, shards
+and restores it with the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from zsnr.data import to_model_range
+from zsnr.diffusion import add_noise, loss_weights, snr, v_target
+from zsnr.models import build_components
+from zsnr.models.pipeline import text_to_image
+from zsnr.models.schedule import Schedule
+from zsnr.training.checkpointing import restore_rng_states, rng_states
+from zsnr.training.ema import ema_decay, ema_update_
+
+
+class DiffusionModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        diffusion: dict[str, Any],
+        lr: float = 1e-4,
+        warmup_steps: int = 0,
+        lr_schedule: str = "constant",
+        total_steps: int | None = None,
+        weight_decay: float = 1e-2,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = False,
+        caption_dropout: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if lr_schedule == "cosine" and not total_steps:
+            raise ValueError("lr_schedule='cosine' needs total_steps (the step at which the lr reaches 0)")
+        self.save_hyperparameters()
+        self.schedule = Schedule(**diffusion)
+        parts = build_components(model)
+        self.unet = parts.unet
+        self.ema_unet = copy.deepcopy(self.unet).float().requires_grad_(False).eval()
+        self.tokenizer = parts.tokenizer
+        self.resolution = parts.resolution
+        self.frozen_from_files = parts.frozen_from_files
+        self._frozen = {"autoencoder": parts.autoencoder, "text_encoder": parts.text_encoder}
+        self._abar = self.schedule.alphas_cumprod().float()
+        self._empty_text: torch.Tensor | None = None
+        self.micro_step = 0  # training_step calls so far: seeds this step's noise, timesteps and dropout
+        self.ema_updates = 0  # EMA updates so far (the warmup's step count)
+
+    # -- the training step -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        g = self._step_generator()  # a function of (seed, rank, micro-step): resumes exactly
+        x0, text = self.encode_batch(batch)  # frozen encoders, or the precomputed latent cache
+        b, dev = x0.shape[0], x0.device
+        drop = torch.rand(b, generator=g, device=dev) < self.hparams.caption_dropout
+        text = torch.where(drop[:, None, None], self.empty_text_state().to(text.dtype), text)  # for CFG
+        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=g, device=dev)  # all T, T-1 too
+        noise = torch.randn(x0.shape, generator=g, device=dev)
+        if self.schedule.offset_noise:
+            noise = noise + self.schedule.offset_noise * torch.randn(
+                b, x0.shape[1], 1, 1, generator=g, device=dev
+            )
+        abar = self._abar.to(dev)[t]
+        pred = self.unet(add_noise(x0, noise, abar), t, encoder_hidden_states=text).sample
+        target = {"v_prediction": v_target, "epsilon": lambda x0, n, a: n, "sample": lambda x0, n, a: x0}[
+            self.schedule.prediction_type
+        ](x0, noise, abar)
+        weights = loss_weights(
+            snr(abar),
+            self.schedule.prediction_type,
+            self.schedule.loss_weighting,
+            self.schedule.min_snr_gamma,
+        )
+        per_sample = (pred.float() - target.float()).square().mean(dim=(1, 2, 3)) * weights.float()
+        loss = per_sample.mean()
+        self.micro_step += 1
+        self.log("train/loss", loss, prog_bar=True)
+        if not self._finite_on_every_rank(loss):
+            return None  # nothing reaches the weights; NonFiniteGuard counts it and stops after K in a row
+        return {"loss": loss, "per_sample_loss": per_sample.detach(), "timesteps": t}
+
+    def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(loss))
+        return self._trainer.strategy.reduce_boolean_decision(finite, all=True) if self._trainer else finite
+
+    # -- frozen encoders -----------------------------------------------------------------------------------
+    @property
+    def autoencoder(self) -> torch.nn.Module:
+        return self._frozen_on_device()["autoencoder"]
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self._frozen_on_device()["text_encoder"]
+
+    def _frozen_on_device(self) -> dict[str, torch.nn.Module]:
+        for part in self._frozen.values():
+            if next(part.parameters(), torch.empty(0, device=self.device)).device != self.device:
+                part.to(self.device)
+        return self._frozen
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, text states): from the latent cache when the batch has one, else through the frozen encoders."""
+        if "latents" in batch:
+            return batch["latents"].float(), batch["text_states"]
+        x0 = self.autoencoder.encode(to_model_range(batch["image"]))
+        ids = batch.get("input_ids")
+        if ids is None:
+            ids = self.tokenizer(batch["caption"])
+        return x0.float(), self.text_encoder(ids.to(self.device))
+
+    @torch.no_grad()
+    def empty_text_state(self) -> torch.Tensor:
+        """Text states of the empty caption [1, L, D]: what caption dropout trains and CFG's negative."""
+        if self._empty_text is None or self._empty_text.device != self.device:
+            self._empty_text = self.text_encoder(self.tokenizer([""]).to(self.device))
+        return self._empty_text
+
+    def sample_images(
+        self, prompts: list[str], seeds: list[int], use_ema: bool = True, **kwargs
+    ) -> torch.Tensor:
+        """Images in [-1, 1] for (prompt, seed) pairs with the EMA (or current) UNet; kwargs: text_to_image's."""
+        unet = self.ema_unet if use_ema else self.unet
+        was_training = unet.training
+        unet.eval()
+        try:
+            return text_to_image(
+                unet, self.autoencoder, self.text_encoder, self.tokenizer, self.schedule, prompts, seeds,
+                self.resolution, **kwargs,
+            )  # fmt: skip
+        finally:
+            unet.train(was_training)
+
+    # -- randomness, EMA, optimiser -------------------------------------------------------------------------
+    def _step_generator(self) -> torch.Generator:
+        key = hash((int(self.hparams.seed), self.global_rank, self.micro_step)) % (2**63)
+        return torch.Generator(device=self.device).manual_seed(key)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # right after the weights changed, before any callback (checkpoints) sees this step
+        decay = ema_decay(self.ema_updates, self.hparams.ema_decay, self.hparams.ema_warmup)
+        ema_update_(self.ema_unet.parameters(), self.unet.parameters(), decay)
+        self.ema_updates += 1
+
+    def train(self, mode: bool = True) -> DiffusionModule:
+        super().train(mode)
+        self.ema_unet.eval()  # the average is never in training mode
+        return self
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            self.unet.parameters(),
+            lr=hp.lr,
+            betas=tuple(hp.adam_betas),
+            eps=hp.adam_eps,
+            weight_decay=hp.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        if hp.lr_schedule == "cosine":
+            progress = min(1.0, (step - hp.warmup_steps) / max(1, hp.total_steps - hp.warmup_steps))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zsnr"] = {
+            "betas": self.schedule.make_betas(),
+            "micro_step": self.micro_step,
+            "ema_updates": self.ema_updates,
+            "rng": rng_states(),
+        }
+        if not self.frozen_from_files:  # random frozen parts (model=tiny): keep them with the weights
+            checkpoint["frozen"] = {name: part.state_dict() for name, part in self._frozen.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("zsnr", {})
+        if "betas" in saved and not torch.equal(saved["betas"].double(), self.schedule.make_betas()):
+            raise ValueError(
+                "the checkpoint was trained with another noise schedule than the diffusion config now given "
+                f"({self.schedule}). Resume with the run's own diffusion=... settings."
+            )
+        self.micro_step = int(saved.get("micro_step", 0))
+        self.ema_updates = int(saved.get("ema_updates", 0))
+        if "rng" in saved:
+            restore_rng_states(saved["rng"])
+        for name, state in checkpoint.get("frozen", {}).items():
+            self._frozen[name].load_state_dict(state)

@@ -1,0 +1,113 @@
+"""The training step trains on the closed-form target of its diffusion config (diffusers as the reference)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import TINY_SPEC, ZERO_SNR, brightness_batch
+from diffusers import DDPMScheduler
+from torch import nn
+
+from zsnr.training import DiffusionModule
+
+FLAWED = {"betas": "scaled_linear", "rescale_zero_terminal_snr": False, "prediction_type": "epsilon"}
+
+
+class ZeroUNet(nn.Module):
+    """Predicts 0 and records what it was given, so the loss is the mean square of the target."""
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.seen = (x.detach(), t.detach(), encoder_hidden_states.detach())
+        return SimpleNamespace(sample=torch.zeros_like(x))
+
+
+def _reference_abar(rescale: bool) -> torch.Tensor:
+    sched = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=rescale
+    )
+    return sched, sched.alphas_cumprod.double()
+
+
+@pytest.mark.parametrize("diffusion", [ZERO_SNR, FLAWED], ids=["v_zero_snr", "eps_flawed"])
+def test_loss_is_mse_to_the_closed_form_target(diffusion):
+    module = DiffusionModule(TINY_SPEC, diffusion, caption_dropout=0.0)
+    module.unet = ZeroUNet()
+    batch = brightness_batch(16)
+    out = module.training_step(batch, 0)
+    x_t, t, _ = module.unet.seen
+    x0, _ = module.encode_batch(batch)
+    sched, abar = _reference_abar(diffusion["rescale_zero_terminal_snr"])
+    a = abar[t].view(-1, 1, 1, 1)
+    eps = (x_t.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()  # the noise the step drew
+    if diffusion["prediction_type"] == "v_prediction":
+        target = sched.get_velocity(x0.double(), eps, t)  # diffusers' v = sqrt(a) eps - sqrt(1 - a) x0
+        assert torch.allclose(target, a.sqrt() * eps - (1 - a).sqrt() * x0.double())
+    else:
+        target = eps
+    expected = target.square().mean(dim=(1, 2, 3)).float()
+    torch.testing.assert_close(out["per_sample_loss"], expected, rtol=2e-3, atol=1e-5)
+    torch.testing.assert_close(out["loss"], expected.mean(), rtol=2e-3, atol=1e-5)
+    assert out["timesteps"].min() >= 0 and out["timesteps"].max() <= 999
+
+
+def test_last_timestep_is_pure_noise_and_v_is_minus_x0():
+    module = DiffusionModule(TINY_SPEC, ZERO_SNR, caption_dropout=0.0)
+    assert module._abar[-1] == 0.0  # zero terminal SNR: x_{T-1} carries no signal, v = -x0
+    module.unet = ZeroUNet()
+    module._abar = torch.zeros_like(module._abar)  # every drawn t behaves like t = T-1
+    batch = brightness_batch(8)
+    out = module.training_step(batch, 0)
+    x0, _ = module.encode_batch(batch)
+    torch.testing.assert_close(out["per_sample_loss"], x0.square().mean(dim=(1, 2, 3)))
+
+
+def test_timesteps_cover_the_whole_range():
+    module = DiffusionModule(TINY_SPEC, ZERO_SNR)
+    module.unet = ZeroUNet()
+    seen = []
+    batch = {"latents": torch.zeros(256, 4, 16, 16), "text_states": torch.zeros(256, 77, 32)}
+    for _ in range(40):
+        module.training_step(batch, 0)
+        seen.append(module.unet.seen[1])
+    t = torch.cat(seen)  # 10240 uniform draws over 1000 values: each appears, T-1 included
+    assert t.min() == 0 and t.max() == 999 and t.unique().numel() == 1000
+
+
+def test_caption_dropout_uses_the_empty_prompt():
+    batch = brightness_batch(6)
+    for p, expect_empty in ((1.0, True), (0.0, False)):
+        module = DiffusionModule(TINY_SPEC, ZERO_SNR, caption_dropout=p)
+        module.unet = ZeroUNet()
+        module.training_step(batch, 0)
+        text = module.unet.seen[2]
+        empty = module.text_encoder(module.tokenizer([""]))
+        captions = module.text_encoder(module.tokenizer(batch["caption"]))
+        torch.testing.assert_close(text, (empty.expand_as(captions) if expect_empty else captions))
+
+
+def test_latent_cache_batches_skip_the_encoders():
+    module = DiffusionModule(TINY_SPEC, ZERO_SNR)
+    images = brightness_batch(4)
+    x0, text = module.encode_batch(images)
+    cached = {"latents": x0.half(), "text_states": text.half(), "caption": images["caption"]}
+    x0_c, text_c = module.encode_batch(cached)
+    torch.testing.assert_close(x0_c, x0, atol=2e-3, rtol=1e-3)
+    assert text_c.shape == text.shape
+
+
+def test_non_finite_loss_returns_none():
+    module = DiffusionModule(TINY_SPEC, ZERO_SNR)
+    batch = {"latents": torch.full((2, 4, 16, 16), float("nan")), "text_states": torch.zeros(2, 77, 32)}
+    assert module.training_step(batch, 0) is None
+
+
+def test_noise_depends_on_seed_and_micro_step_only():
+    a, b = DiffusionModule(TINY_SPEC, ZERO_SNR), DiffusionModule(TINY_SPEC, ZERO_SNR)
+    a.unet, b.unet = ZeroUNet(), ZeroUNet()
+    batch = brightness_batch(4)
+    a.training_step(batch, 0)
+    b.micro_step = 0
+    b.training_step(batch, 0)
+    assert torch.equal(a.unet.seen[0], b.unet.seen[0])
+    a.training_step(batch, 0)  # next micro step: new noise
+    assert not torch.equal(a.unet.seen[0], b.unet.seen[0])
