@@ -1,8 +1,9 @@
 """From a sample's raw bytes to what the model needs: caption, metadata, a uint8 image crop, or latents.
 
 Speed matters here (see tests/bench/bench_data.py). A large JPEG is decoded at 1/2, 1/4 or 1/8 scale by
-PIL's draft mode (the DCT does the shrinking); only the crop window is resampled (`box=`), after a cheap
-integer box reduction (`reducing_gap`); the result stays uint8 until the accelerator (`to_model_range`).
+PIL's draft mode (the DCT does the shrinking); only the crop window is resampled, by torch's uint8
+antialiased bilinear kernel (same result as PIL's / torchvision's bilinear Resize, several times faster
+on CPUs with AVX2); the result stays uint8 until the accelerator (`to_model_range`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from zsnr.data.shards import BadData
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 LATENT_EXTS = ("latent.pth", "latent.npy")
 TEXT_STATE_EXTS = ("text.pth", "text.npy")
-# Resample the crop with bicubic after a box reduction that leaves it at most this factor above the target:
-# Pillow's own speed/quality knob (2.0 is visually indistinguishable from a plain bicubic resize).
-REDUCING_GAP = 2.0
 
 
 def to_model_range(image: torch.Tensor) -> torch.Tensor:
@@ -71,21 +69,36 @@ def read_metadata(sample: Mapping[str, Any], required: bool) -> dict[str, Any]:
 
 
 def crop_box(width: int, height: int, resolution: int, rng: random.Random | None) -> tuple[float, ...]:
-    """The square window, in source pixels, that becomes the output (center crop when rng is None).
+    """The square window (x0, y0, x1, y1), in source pixels, that becomes the output (center crop if no rng).
 
     Placed like torchvision's Resize(resolution) + CenterCrop / RandomCrop: the short side is scaled to
     `resolution`, the long side to int(long * resolution / short), and the window starts at a whole output
     pixel (rounded half-way for the center crop, uniform for the random crop).
     """
     short = min(width, height)
-    out_w, out_h = (int(width * resolution / short), int(height * resolution / short))
-    out_w, out_h = (resolution if width == short else out_w), (resolution if height == short else out_h)
+    out_w = resolution if width == short else int(width * resolution / short)
+    out_h = resolution if height == short else int(height * resolution / short)
     if rng is None:
         left, top = int(round((out_w - resolution) / 2)), int(round((out_h - resolution) / 2))
     else:
         left, top = rng.randint(0, out_w - resolution), rng.randint(0, out_h - resolution)
     sx, sy = width / out_w, height / out_h
     return (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
+
+
+def resize_window(image: Image.Image, box: tuple[float, ...], resolution: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of a window of an RGB image to a uint8 [3, resolution, resolution].
+
+    Shrinking (the common case) uses torch's uint8 kernel on the window rounded to whole source pixels
+    (under half an output pixel off); enlarging keeps the exact sub-pixel window through PIL.
+    """
+    if box[2] - box[0] < resolution:
+        resized = image.resize((resolution, resolution), Image.Resampling.BILINEAR, box=box)
+        return torch.from_numpy(np.array(resized)).permute(2, 0, 1)
+    window = np.array(image.crop(tuple(round(v) for v in box)))  # one copy of the window only
+    window = torch.from_numpy(window).permute(2, 0, 1)  # channels-last strides: torch's fast uint8 path
+    size = (resolution, resolution)
+    return torch.nn.functional.interpolate(window[None], size=size, mode="bilinear", antialias=True)[0]
 
 
 def decode_image(
@@ -97,8 +110,8 @@ def decode_image(
 ) -> torch.Tensor:
     """Image bytes -> uint8 tensor [3, resolution, resolution]: short side resized, center/random crop, RGB.
 
-    Matches torchvision's Resize(resolution, bicubic, antialias) + CenterCrop/RandomCrop up to resampling
-    details (draft scaling, reducing_gap), at a fraction of the cost for large images.
+    Matches torchvision's Resize(resolution) (bilinear, antialiased, as in diffusers' SD training script)
+    + CenterCrop / RandomCrop, up to draft-mode decoding and sub-pixel rounding of the window.
     """
     if len(data) == 0:
         raise BadData("empty_member", "zero-byte image")
@@ -110,19 +123,15 @@ def decode_image(
         if image.format == "JPEG" and scale < 0.5:
             # DCT scaling to the smallest 1/2^k size that keeps the short side >= resolution
             image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-        image = image.convert("RGB")
-        box = crop_box(image.size[0], image.size[1], resolution, rng if random_crop else None)
-        image = image.resize(
-            (resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP
-        )
-    except BadData:
-        raise
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        image.load()
     except Exception as exn:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError...)
         raise BadData("image_decode", f"image does not decode: {exn!r}") from None
-    array = np.asarray(image)
+    box = crop_box(image.size[0], image.size[1], resolution, rng if random_crop else None)
+    out = resize_window(image, box, resolution)
     if random_flip and rng.random() < 0.5:
-        array = array[:, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        out = out.flip(-1)
+    return out.contiguous()
 
 
 def load_tensor(data: bytes, ext: str) -> torch.Tensor:
