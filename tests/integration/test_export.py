@@ -1,15 +1,15 @@
 """Export to diffusers: the folder loads offline in StableDiffusionPipeline, keeps the fixes in its scheduler
 config, and samples the same images as zsnr does (DDIM, trailing, rescaled CFG)."""
 
+import contextlib
+import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_checkpoint import make_tiny_checkpoint
+from hydra import compose, initialize_config_dir
+from tiny_checkpoint import load_launcher, shared_tiny_checkpoint
 
 from zsnr import audit
 from zsnr.export import clip_tokenizer, ddim_scheduler, export_diffusers, open_clip_to_clip_text_model
@@ -26,20 +26,14 @@ PROMPTS = ["a solid black background", "a white background, 4k (masterpiece)", "
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
-    ckpt = make_tiny_checkpoint(tmp / "tiny.ckpt")
+    ckpt = shared_tiny_checkpoint(tmp_path_factory)
     out = tmp / "diffusers"
-    cmd = [
-        sys.executable,
-        "launch/export.py",
-        f"checkpoint={ckpt}",
-        f"out={out}",
-        f"hydra.run.dir={tmp / 'run'}",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "none of the paper's flaws" in proc.stdout  # the audit printed after writing
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("export", overrides=[f"checkpoint={ckpt}", f"out={out}"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        load_launcher("export").export(cfg)
+    assert "none of the paper's flaws" in printed.getvalue()  # the audit runs after writing
     return ckpt, out
 
 

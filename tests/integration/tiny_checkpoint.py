@@ -25,6 +25,12 @@ class _Batches(torch.utils.data.IterableDataset):
             yield {"image": image, "caption": [f"a background of level {int(v)}" for v in levels]}
 
 
+def shared_tiny_checkpoint(tmp_path_factory) -> Path:
+    """One tiny checkpoint per test session (made on first use), for tests that only read it."""
+    path = tmp_path_factory.getbasetemp() / "shared_tiny.ckpt"
+    return path if path.is_file() else make_tiny_checkpoint(path)
+
+
 def make_tiny_checkpoint(path: Path, steps: int = 2, model: dict | None = None) -> Path:
     from zsnr.training import DiffusionModule
 
@@ -74,3 +80,14 @@ def tiny_clip_score():
             text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
         )
     return CLIPScore(model, open_clip.tokenizer.SimpleTokenizer(), image_size=32)
+
+
+def load_launcher(name: str):
+    """launch/<name>.py as a module (launch/ is scripts, not a package), to call its function in-process."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "launch" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,100 @@
+"""launch/sample.py on a tiny checkpoint: files, seeds independent of batching, img2img with rescaled CFG."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from tiny_checkpoint import load_launcher, shared_tiny_checkpoint
+
+from zsnr.evaluation.images import save_png, to_uint8
+from zsnr.sampling import SamplingSettings, generate
+from zsnr.training import load_for_inference
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["a solid black background", "a white background"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return shared_tiny_checkpoint(tmp_path_factory)
+
+
+def sample_config(overrides):
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("sample", overrides=overrides)
+
+
+def test_writes_images_grid_settings(ckpt, tmp_path):
+    out = tmp_path / "run"
+    cfg = sample_config(
+        [f"checkpoint={ckpt}", f"prompts=[{','.join(PROMPTS)}]", "images_per_prompt=2", "batch_size=3",
+         "num_steps=5", "seed=10", f"out_dir={out}"]
+    )  # fmt: skip
+    load_launcher("sample").sample(cfg)
+    record = json.loads((out / "settings.json").read_text())
+    assert record["settings"] == {
+        "sampler": "ddim", "num_steps": 5, "spacing": "trailing", "eta": None, "guidance_scale": 7.5,
+        "guidance_rescale": 0.7, "negative_prompt": "",
+    }  # fmt: skip
+    assert [(e["prompt"], e["seed"]) for e in record["images"]] == [
+        (PROMPTS[0], 10), (PROMPTS[0], 11), (PROMPTS[1], 12), (PROMPTS[1], 13),
+    ]  # fmt: skip
+    files = [out / e["file"] for e in record["images"]]
+    pngs = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+    # batches of 3 in the launcher; one batch of 4 here: a seed fixes the image whatever its batch
+    model = load_for_inference(ckpt)
+    direct = generate(
+        model, [e["prompt"] for e in record["images"]], [10, 11, 12, 13], SamplingSettings(num_steps=5)
+    )
+    assert (pngs.int() - to_uint8(direct).int()).abs().max() <= 1
+    with Image.open(out / "grid.png") as grid:
+        assert grid.size == (2 * 34 + 2, 2 * 34 + 2)  # 2 x 2 images of 32 px, 2 px padding
+
+
+def test_img2img_at_full_strength_is_txt2img_with_zero_snr(ckpt, tmp_path):
+    """abar_T = 0: noising any image to t = T gives exactly the noise, so strength 1 ignores the init image."""
+    model = load_for_inference(ckpt)
+    settings = SamplingSettings(num_steps=5, guidance_rescale=0.7)
+    init = torch.rand(3, 32, 32) * 2 - 1
+    txt = generate(model, PROMPTS, [3, 4], settings, progress=False)
+    img = generate(model, PROMPTS, [3, 4], settings, init_image=init, strength=1.0, progress=False)
+    torch.testing.assert_close(img, txt, atol=1e-5, rtol=0)
+
+
+def test_img2img_runs_the_last_steps_from_the_init_image(ckpt, tmp_path):
+    model = load_for_inference(ckpt)
+    seen = []
+    hook = model.unet.register_forward_pre_hook(lambda m, args: seen.append(args[1].tolist()))
+    init = torch.zeros(3, 32, 32)
+    try:
+        generate(
+            model, ["a white background"], [0], SamplingSettings(num_steps=5), init_image=init, strength=0.4
+        )
+    finally:
+        hook.remove()
+    # strength 0.4 of 5 trailing steps (999 799 599 399 199): the last 2, one batched CFG call each
+    assert seen == [[399, 399], [199, 199]]
+    # through the launcher: an image file, center-cropped and resized to the model's 32 px
+    init_file = save_png(torch.full((3, 48, 40), 30, dtype=torch.uint8), tmp_path / "init.png")
+    cfg = sample_config(
+        [f"checkpoint={ckpt}", "prompts=[a white background]", f"init_image={init_file}", "strength=0.4",
+         "num_steps=5", f"out_dir={tmp_path / 'run'}", "guidance.rescale=0.5"]
+    )  # fmt: skip
+    result = load_launcher("sample").sample(cfg)
+    record = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert record["img2img"] == {"init_image": str(init_file), "strength": 0.4}
+    assert record["settings"]["guidance_rescale"] == 0.5 and len(result["images"]) == 1
+
+
+def test_bad_options_fail_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        SamplingSettings(spacing="uniform")
+    with pytest.raises(ValueError, match=r"phi\) must be in \[0, 1\]"):
+        SamplingSettings(guidance_rescale=1.5)
+    cfg = sample_config(["checkpoint=/nonexistent.ckpt", f"out_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="no prompts"):
+        load_launcher("sample").sample(cfg)
