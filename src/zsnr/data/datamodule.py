@@ -58,13 +58,12 @@ class WebDataModule(pl.LightningDataModule):
         super().__init__()
         if urls is None and synthetic is None:
             raise ValueError("WebDataModule needs urls (shard pattern or list) or synthetic={...} with root")
-        if synthetic is not None:
+        self.synthetic = None
+        if synthetic is not None and urls is None:  # given urls win over the synthetic default
             if root is None:
                 raise ValueError("synthetic data needs data.root, the folder to generate it in")
             self.synthetic = {"root": root, "resolution": resolution, **dict(synthetic)}
-            urls = urls or synthetic_url_pattern(**self.synthetic)
-        else:
-            self.synthetic = None
+            urls = synthetic_url_pattern(**self.synthetic)
         self.urls, self.allow_pipe = urls, allow_pipe
         self.sources = parse_sources(urls, allow_pipe)  # fails here, before any heavy work, on a bad list
         self.filters = LaionFilter.from_any(filters)
@@ -112,11 +111,14 @@ class WebDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         self.dataset = ShardStream(self.sources, rank=rank, world_size=world, **self.stream_kwargs)
         if world > 1 and self.dataset.finite:
-            log.warning(
-                "exact single-pass epochs on %d ranks give ranks different batch counts; set data.epoch_length "
-                "(or resampled=true) so DDP ranks stay in step",
-                world,
+            message = (
+                f"data.epoch_length is null with resampled=false: single exact passes give the {world} ranks "
+                "different numbers of batches, and DDP waits forever for the rank that ran out. Set "
+                "data.epoch_length (samples per epoch, all ranks together) or data.resampled=true."
             )
+            if self.trainer is not None:
+                raise ValueError(message)
+            log.warning(message)
         self.tracker = StreamTracker(self.dataset.finite, self.dataset.batches_per_rank())
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
