@@ -91,11 +91,16 @@ class KeyRecorder(pl.LightningModule):
 
 
 def fit(data_kwargs: dict, root: str, max_steps: int, ckpt_path: str | None = None) -> list[list[str]]:
-    module = KeyRecorder()
+    module, datamodule = KeyRecorder(), WebDataModule(**data_kwargs)
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=5, save_top_k=-1)
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[checkpoints], default_root_dir=root)  # fmt: skip
-    trainer.fit(module, datamodule=WebDataModule(**data_kwargs), ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # the summed stats cover what was consumed, restored ones included
+    assert (
+        datamodule.stats["accepted"] >= 8 * max_steps
+        and datamodule.stats["seen"] > datamodule.stats["accepted"]
+    )
     return module.keys
 
 
