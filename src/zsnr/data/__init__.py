@@ -1,6 +1,6 @@
 """zsnr.data: LAION-style webdataset shards -> filtered, decoded, resumable batches (see WebDataModule)."""
 
-from zsnr.data.datamodule import WebDataModule
+from zsnr.data.datamodule import DataStatsLogger, WebDataModule
 from zsnr.data.decode import decode_image, to_model_range
 from zsnr.data.filters import LaionFilter
 from zsnr.data.shards import parse_sources, write_shards
@@ -10,6 +10,7 @@ from zsnr.data.synthetic import ensure_synthetic_shards, make_synthetic_shards
 
 __all__ = [
     "BadDataError",
+    "DataStatsLogger",
     "LaionFilter",
     "ShardStream",
     "WebDataModule",
