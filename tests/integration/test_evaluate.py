@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose, launch_module
 from PIL import Image
-from tiny_checkpoint import TinyFeatures, load_launcher, shared_tiny_checkpoint, tiny_clip_score
+from tiny_checkpoint import TinyFeatures, shared_tiny_checkpoint, tiny_clip_score
 
 from zsnr.evaluation.images import save_png
 
@@ -55,9 +55,8 @@ def setup(tmp_path_factory):
 
 
 def evaluate(overrides):
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides)
-    return load_launcher("evaluate").evaluate(cfg)
+    cfg = compose("evaluate", overrides)
+    return launch_module("evaluate").evaluate(cfg)
 
 
 def load_pngs(files, size=None):

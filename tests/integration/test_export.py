@@ -4,12 +4,11 @@ config, and samples the same images as zsnr does (DDIM, trailing, rescaled CFG).
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tiny_checkpoint import load_launcher, shared_tiny_checkpoint
+from conftest import compose, launch_module
+from tiny_checkpoint import shared_tiny_checkpoint
 
 from zsnr import audit
 from zsnr.export import clip_tokenizer, ddim_scheduler, export_diffusers, open_clip_to_clip_text_model
@@ -19,7 +18,6 @@ from zsnr.models.schedule import Schedule
 from zsnr.models.text import OpenCLIPTextEncoder, Tokenizer
 from zsnr.training import load_for_inference
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a solid black background", "a white background, 4k (masterpiece)", ""]
 
 
@@ -28,11 +26,10 @@ def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     ckpt = shared_tiny_checkpoint(tmp_path_factory)
     out = tmp / "diffusers"
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("export", overrides=[f"checkpoint={ckpt}", f"out={out}"])
+    cfg = compose("export", [f"checkpoint={ckpt}", f"out={out}"])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        load_launcher("export").export(cfg)
+        launch_module("export").export(cfg)
     assert "none of the paper's flaws" in printed.getvalue()  # the audit runs after writing
     return ckpt, out
 

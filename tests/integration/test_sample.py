@@ -1,20 +1,18 @@
 """launch/sample.py on a tiny checkpoint: files, seeds independent of batching, img2img with rescaled CFG."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose, launch_module
 from PIL import Image
-from tiny_checkpoint import load_launcher, shared_tiny_checkpoint
+from tiny_checkpoint import shared_tiny_checkpoint
 
 from zsnr.evaluation.images import save_png, to_uint8
 from zsnr.sampling import SamplingSettings, generate
 from zsnr.training import load_for_inference
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a solid black background", "a white background"]
 
 
@@ -24,8 +22,7 @@ def ckpt(tmp_path_factory):
 
 
 def sample_config(overrides):
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("sample", overrides=overrides)
+    return compose("sample", overrides)
 
 
 def test_writes_images_grid_settings(ckpt, tmp_path):
@@ -34,7 +31,7 @@ def test_writes_images_grid_settings(ckpt, tmp_path):
         [f"checkpoint={ckpt}", f"prompts=[{','.join(PROMPTS)}]", "images_per_prompt=2", "batch_size=3",
          "num_steps=5", "seed=10", f"out_dir={out}"]
     )  # fmt: skip
-    load_launcher("sample").sample(cfg)
+    launch_module("sample").sample(cfg)
     record = json.loads((out / "settings.json").read_text())
     assert record["settings"] == {
         "sampler": "ddim", "num_steps": 5, "spacing": "trailing", "eta": None, "guidance_scale": 7.5,
@@ -84,7 +81,7 @@ def test_img2img_runs_the_last_steps_from_the_init_image(ckpt, tmp_path):
         [f"checkpoint={ckpt}", "prompts=[a white background]", f"init_image={init_file}", "strength=0.4",
          "num_steps=5", f"out_dir={tmp_path / 'run'}", "guidance.rescale=0.5"]
     )  # fmt: skip
-    result = load_launcher("sample").sample(cfg)
+    result = launch_module("sample").sample(cfg)
     record = json.loads((tmp_path / "run" / "settings.json").read_text())
     assert record["img2img"] == {"init_image": str(init_file), "strength": 0.4}
     assert record["settings"]["guidance_rescale"] == 0.5 and len(result["images"]) == 1
@@ -97,4 +94,4 @@ def test_bad_options_fail_before_loading(tmp_path):
         SamplingSettings(guidance_rescale=1.5)
     cfg = sample_config(["checkpoint=/nonexistent.ckpt", f"out_dir={tmp_path}"])
     with pytest.raises(ValueError, match="no prompts"):
-        load_launcher("sample").sample(cfg)
+        launch_module("sample").sample(cfg)

@@ -1,6 +1,5 @@
-"""A tiny zsnr checkpoint (model=tiny, zero-SNR schedule) made by the real training code in a few seconds.
-
-Shared by the sample / evaluate / export tests: `from tiny_checkpoint import make_tiny_checkpoint`.
+"""A tiny zsnr checkpoint (model=tiny, zero-SNR schedule) made by the real training code in a few seconds,
+and the tiny stand-ins for the evaluation networks. Shared by the sample / evaluate / export tests.
 """
 
 from __future__ import annotations
@@ -14,17 +13,6 @@ TINY_SPEC = {"kind": "tiny", "resolution": 32, "init_seed": 0}
 ZERO_SNR = {"betas": "scaled_linear", "rescale_zero_terminal_snr": True, "prediction_type": "v_prediction"}
 
 
-class _Batches(torch.utils.data.IterableDataset):
-    """Flat grey-level images with captions naming them (the batch format of zsnr.data)."""
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(0)
-        while True:
-            levels = torch.randint(0, 256, (4,), generator=g)
-            image = levels.to(torch.uint8).view(4, 1, 1, 1).expand(4, 3, 32, 32).contiguous()
-            yield {"image": image, "caption": [f"a background of level {int(v)}" for v in levels]}
-
-
 def shared_tiny_checkpoint(tmp_path_factory) -> Path:
     """One tiny checkpoint per test session (made on first use), for tests that only read it."""
     path = tmp_path_factory.getbasetemp() / "shared_tiny.ckpt"
@@ -32,6 +20,9 @@ def shared_tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def make_tiny_checkpoint(path: Path, steps: int = 2, model: dict | None = None) -> Path:
+    # tests/conftest.py, imported here: subprocesses that import this file for TinyFeatures do not have it
+    from conftest import FixedBatchData
+
     from zsnr.training import DiffusionModule
 
     pl.seed_everything(0)
@@ -45,7 +36,7 @@ def make_tiny_checkpoint(path: Path, steps: int = 2, model: dict | None = None) 
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Batches(), batch_size=None))
+    trainer.fit(module, datamodule=FixedBatchData(batch_size=4, resolution=32))
     trainer.save_checkpoint(path)
     return path
 
@@ -80,14 +71,3 @@ def tiny_clip_score():
             text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
         )
     return CLIPScore(model, open_clip.tokenizer.SimpleTokenizer(), image_size=32)
-
-
-def load_launcher(name: str):
-    """launch/<name>.py as a module (launch/ is scripts, not a package), to call its function in-process."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "launch" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"launch_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
