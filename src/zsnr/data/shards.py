@@ -129,10 +129,12 @@ class ShardPlan:
             yield from itertools.islice(self._resampled(), start, None)
             return
         n, g, G = len(self.urls), self.worker, self.num_workers
+        order, order_pass = [], None
         for ordinal in itertools.count(start):
             p, i = divmod(ordinal, self.per_pass)
-            order = list(range(n))
-            random.Random(f"zsnr-shards/{self.seed}/{p}").shuffle(order)
+            if p != order_pass:  # one shuffle per pass, not per shard (LAION has ~10^5 shards)
+                order, order_pass = list(range(n)), p
+                random.Random(f"zsnr-shards/{self.seed}/{p}").shuffle(order)
             if n >= G:
                 yield ShardTask(ordinal, self.urls[order[g + i * G]])
             else:  # fewer shards than workers: workers g, g+n, g+2n... share shard g % n

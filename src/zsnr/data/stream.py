@@ -90,40 +90,55 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        pos = self.position
         # Rotate roles so that the DataLoader's first request goes to the worker that was next when the
         # position was saved: the resumed batch order then equals the uninterrupted one.
-        worker = (physical + pos["last_worker"] + 1) % num_workers
+        worker = (physical + self.position["last_worker"] + 1) % num_workers
         g = self.rank * num_workers + worker
         plan = ShardPlan(self.sources, self.seed, self.resampled, g, self.world_size * num_workers)
-        saved = pos["workers"].get(worker)
-        epoch = pos["epoch"]
-        quota = None
-        if self.finite:
-            token = saved["token"] if saved else [plan.first_ordinal(epoch), 0, 0]
-            stop = plan.first_ordinal(epoch + 1)
-        else:
-            token, stop = (saved["token"] if saved else [0, 0, 0]), None
-            if self.epoch_length is not None:
-                quota = len(range(worker, self.batches_per_rank(), num_workers))
-        done = saved["batches"] if saved else 0
-        stats = DataStats(
-            self.max_bad_fraction, f" by rank {self.rank} worker {worker}", self.filters.counter_names()
-        )
-        records = self._records(plan, token[0], token[1], stop, stats)
-        samples = self._shuffled(records, plan, g, token)
+        token, stop, quota, done = self._start(plan, worker, num_workers)
         if quota is not None and done >= quota:
             return
-        # A full batch waits until the next sample decodes (or the stream ends), so that the counts of
-        # everything read before it, bad images included, travel with a batch.
+        where = f" by rank {self.rank} worker {worker}"
+        stats = DataStats(self.max_bad_fraction, where, self.filters.counter_names())
+        samples = self._shuffled(self._records(plan, token[0], token[1], stop, stats), plan, g, token)
+        tag = {"epoch": self.position["epoch"], "worker": worker}
+        yield from self._batches(samples, stats, g, tag, token, done, quota)
+        stats.check()
+
+    def _start(
+        self, plan: ShardPlan, worker: int, num_workers: int
+    ) -> tuple[list, int | None, int | None, int]:
+        """(token to start from, ordinal to stop at, batch quota for this epoch, batches already delivered)."""
+        saved = self.position["workers"].get(worker)
+        done = saved["batches"] if saved else 0
+        if self.finite:
+            epoch = self.position["epoch"]
+            token = saved["token"] if saved else [plan.first_ordinal(epoch), 0, 0]
+            return token, plan.first_ordinal(epoch + 1), None, done
+        token = saved["token"] if saved else [0, 0, 0]
+        quota = (
+            None if self.epoch_length is None else len(range(worker, self.batches_per_rank(), num_workers))
+        )
+        return token, None, quota, done
+
+    def _batches(
+        self,
+        samples: Iterator,
+        stats: DataStats,
+        g: int,
+        tag: dict,
+        token: Sequence[int],
+        done: int,
+        quota: int | None,
+    ) -> Iterator[dict[str, Any]]:
+        """Decode and collate. A full batch waits until the next sample decodes (or the stream ends), so the
+        counts of everything read before it, bad images included, travel with a batch."""
         items, last, pending = [], token, None
 
         def batch(content: list, at: Sequence[int]) -> dict[str, Any]:
             nonlocal done
             done += 1
-            return self._collate(
-                content, stats, {"epoch": epoch, "worker": worker, "token": list(at), "batches": done}
-            )
+            return self._collate(content, stats, {**tag, "token": list(at), "batches": done})
 
         for record, position in samples:
             try:
@@ -145,7 +160,6 @@ class ShardStream(IterableDataset):
             yield batch(*pending)
         if items:
             yield batch(items, last)
-        stats.check()
 
     def _records(
         self, plan: ShardPlan, start: int, skip: int, stop: int | None, stats: DataStats
