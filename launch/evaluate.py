@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zsnr.evaluation.fid import reference_statistics
 from zsnr.evaluation.metrics import ImageMetrics
@@ -34,7 +34,12 @@ def evaluate(cfg: DictConfig) -> dict:
     m = cfg.metrics
     extractor = instantiate(m.feature_extractor) if m.feature_extractor is not None else None
     clip = instantiate(m.clip) if m.clip is not None else None
-    model = load_for_inference(cfg.checkpoint, device=device, use_ema=cfg.use_ema)
+    model = load_for_inference(
+        cfg.checkpoint,
+        device=device,
+        use_ema=cfg.use_ema,
+        model_overrides=OmegaConf.to_container(cfg.model_overrides),
+    )
     reference, cache = None, None
     if m.reference_dir is not None:
         if extractor is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zsnr.export import export_diffusers
 
@@ -25,7 +25,12 @@ def export(cfg: DictConfig) -> Path:
 
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
-    model = load_for_inference(cfg.checkpoint, device="cpu", use_ema=cfg.use_ema)
+    model = load_for_inference(
+        cfg.checkpoint,
+        device="cpu",
+        use_ema=cfg.use_ema,
+        model_overrides=OmegaConf.to_container(cfg.model_overrides),
+    )
     for part in (model.unet, model.autoencoder, model.text_encoder):
         part.to(DTYPES[cfg.dtype])
     out = export_diffusers(model, cfg.out)

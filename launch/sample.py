@@ -26,7 +26,12 @@ def sample(cfg: DictConfig) -> dict:
     if cfg.images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be >= 1, got {cfg.images_per_prompt}")
     settings = SamplingSettings.from_options(cfg)
-    model = load_for_inference(cfg.checkpoint, device=resolve_device(cfg.device), use_ema=cfg.use_ema)
+    model = load_for_inference(
+        cfg.checkpoint,
+        device=resolve_device(cfg.device),
+        use_ema=cfg.use_ema,
+        model_overrides=OmegaConf.to_container(cfg.model_overrides),
+    )
     init = to_unit_range(load_png(cfg.init_image, model.resolution)) if cfg.init_image else None
     n = cfg.images_per_prompt
     all_prompts = [p for p in prompts for _ in range(n)]
