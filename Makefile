@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $@
 
+# The paper in miniature (CPU, minutes): outputs/demo/report.md. Extra settings: make demo ARGS="seeds=[0]".
+demo: setup
+	$(PY) launch/demo.py $(ARGS)
+
 # The CI suite: everything but the tests marked slow (see pyproject's markers).
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
