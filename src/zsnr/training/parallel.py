@@ -1,0 +1,107 @@
+"""How the UNet is compiled, sharded and wrapped, for every strategy, in one function (torchtitan's parallelize_*).
+
+    trainer=cpu | gpu   one process: the UNet as built (optionally compiled block by block)
+    trainer=ddp         Lightning's DDPStrategy replicates the LightningModule and all-reduces the UNet's gradients
+    trainer=fsdp        FSDP2: `fully_shard` on every down block, the mid block and every up block, then on the
+                        root (conv_in, time embedding, conv_out), on a 1-D data-parallel mesh over all processes
+
+Only the UNet (and its EMA copy) are ever touched: the frozen autoencoder and text encoder live outside the
+LightningModule's module tree (see module.py), so DDP never wraps them and FSDP never shards them; every process
+keeps a full copy and runs them under no_grad.
+
+FSDP2 details. Parameters are stored as float32 DTensor shards: the optimizer and the EMA update those shards (the
+fp32 master weights; AdamW's moments are sharded the same way). With precision "bf16-mixed" the blocks all-gather
+their weights in bfloat16 and compute in bfloat16 (MixedPrecisionPolicy param_dtype), while gradients are
+reduce-scattered in float32 (reduce_dtype): "bf16 compute, fp32 master weights". With "32-true" everything is
+float32 (what the CPU tests run). The EMA copy is sharded by the same plan, so shard i of each EMA tensor sits on
+the rank that holds shard i of the weight it averages; it always computes in float32 when sampling.
+Checkpoints are then sharded too (one file per rank plus meta.pt, written with torch.distributed.checkpoint);
+see the README's multi-node section for resuming on another world size and for consolidating one into a file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pytorch_lightning.strategies import ModelParallelStrategy
+from torch import nn
+
+PARAM_DTYPES = {"bf16-mixed": torch.bfloat16}  # Lightning precision -> FSDP2 compute dtype; others: float32
+
+
+def unet_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The units FSDP shards and torch.compile compiles: down blocks, mid block, up blocks (diffusers' names)."""
+    missing = [name for name in ("down_blocks", "mid_block", "up_blocks") if not hasattr(unet, name)]
+    if missing:
+        raise TypeError(
+            f"parallelize_unet expects a diffusers UNet2DConditionModel (down_blocks, mid_block, up_blocks); "
+            f"{type(unet).__name__} has no {missing}"
+        )
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    return [b for b in blocks if b is not None]
+
+
+def is_sharded(module: nn.Module) -> bool:
+    return any(hasattr(p, "device_mesh") for p in module.parameters())  # DTensor parameters
+
+
+def parallelize_unet(
+    unet: nn.Module,
+    mesh: Any | None = None,
+    precision: str = "32-true",
+    compile: bool = False,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
+    """Compile (optionally) and shard `unet` in place; returns it. Idempotent (Lightning may call it twice).
+
+    mesh: a 1-D DeviceMesh to shard over (FSDP2), or None (one process or DDP: nothing to shard; Lightning's
+        DDPStrategy wraps the whole LightningModule afterwards).
+    precision: the Trainer's precision; "bf16-mixed" means bfloat16 compute over float32 shards (see above).
+    compile: torch.compile each block in place (parameter names and checkpoints stay the same).
+    reshard_after_forward: free each block's gathered weights after its forward (ZeRO-3); False keeps them
+        until the backward (ZeRO-2: more memory, one all-gather less per step).
+    Gradient checkpointing is the model config's switch (`model.gradient_checkpointing`, diffusers' own), and it
+    composes with both: each block recomputes its activations, FSDP re-gathers its weights for that.
+    """
+    if compile:
+        for block in unet_blocks(unet):
+            if getattr(block, "_compiled_call_impl", None) is None:
+                block.compile()
+    if mesh is None or is_sharded(unet):
+        return unet
+    blocks = unet_blocks(unet)
+    if mesh.ndim != 1:
+        raise ValueError(f"parallelize_unet shards over a 1-D data-parallel mesh, got {mesh.ndim}-D: {mesh}")
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    param_dtype = PARAM_DTYPES.get(str(precision))
+    policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype is not None else None
+    )
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(unet, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    return unet
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy as pure FSDP2: one data-parallel mesh dimension over every process of
+    every node (ModelParallelStrategy's own "auto" would make it nodes x GPUs-per-node tensor parallel).
+
+    The LightningModule's `configure_model` calls `parallelize_unet` with `self.device_mesh["data_parallel"]`.
+    save_distributed_checkpoint=True writes sharded checkpoints (a directory per checkpoint); False gathers
+    full weights and optimizer state on rank 0 into one file (slower, needs host memory for the whole state).
+    """
+
+    def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
