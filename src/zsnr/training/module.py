@@ -23,6 +23,7 @@ from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
 from zsnr.training.checkpointing import restore_rng_states, rng_states
 from zsnr.training.ema import ema_decay, ema_update_
+from zsnr.training.parallel import parallelize_unet
 
 
 class DiffusionModule(pl.LightningModule):
@@ -41,6 +42,7 @@ class DiffusionModule(pl.LightningModule):
         ema_warmup: bool = False,
         caption_dropout: float = 0.1,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
@@ -147,7 +149,11 @@ class DiffusionModule(pl.LightningModule):
 
     # -- randomness, EMA, optimiser -------------------------------------------------------------------------
     def _step_generator(self) -> torch.Generator:
-        key = hash((int(self.hparams.seed), self.global_rank, self.micro_step)) % (2**63)
+        # keyed on the global micro-batch index: W processes x A accumulation steps draw the same numbers as
+        # 1 process x W*A steps (what makes DDP/FSDP runs match a one-process run with more accumulation)
+        world = self._trainer.world_size if self._trainer is not None else 1
+        index = self.micro_step * world + self.global_rank
+        key = hash((int(self.hparams.seed), index)) % (2**63)
         return torch.Generator(device=self.device).manual_seed(key)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -156,6 +162,13 @@ class DiffusionModule(pl.LightningModule):
         decay = ema_decay(self.ema_updates, self.hparams.ema_decay, self.hparams.ema_warmup)
         ema_update_(self.ema_unet.parameters(), self.unet.parameters(), decay)
         self.ema_updates += 1
+
+    def configure_model(self) -> None:
+        """Lightning calls this once the processes exist: compile / shard the UNet, and its EMA the same way."""
+        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None  # FSDP2 only
+        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
+        parallelize_unet(self.unet, mesh, precision, compile=self.hparams.compile)
+        parallelize_unet(self.ema_unet, mesh)  # float32 compute; shards line up with the UNet's (ema_update_)
 
     def train(self, mode: bool = True) -> DiffusionModule:
         super().train(mode)
