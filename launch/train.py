@@ -23,6 +23,13 @@ from zsnr.training import (
     resolve_resume,
     world_size,
 )
+from zsnr.training.cluster import (
+    SlurmRequeue,
+    multirun_job_scope,
+    on_slurm,
+    slurm_plugins,
+    wait_for_launched_ranks,
+)
 
 log = logging.getLogger("zsnr.train")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -78,6 +85,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_model_files(OmegaConf.to_container(cfg.model, resolve=True))
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("%s; precision %s; run directory %s", plan.describe(), precision, run_dir)
+    checkpoint = AtomicCheckpoint(
+        run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last
+    )
+    callbacks: list[pl.Callback] = [checkpoint]
+    if on_slurm():  # sbatch --signal=USR1@90: save, requeue, stop (the handler is in place from here on)
+        callbacks.append(SlurmRequeue(checkpoint))
 
     datamodule = instantiate(
         cfg.data,
@@ -87,8 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         tokenizer=Tokenizer(),
     )
     module = instantiate(cfg.module)
-    callbacks: list[pl.Callback] = [
-        AtomicCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last),
+    callbacks += [
         NonFiniteGuard(cfg.nonfinite.max_consecutive),
         TrainMetrics(plan.global_batch_size, cfg.metrics.every_n_steps, cfg.metrics.timestep_buckets),
     ]
@@ -105,23 +117,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 s.guidance_rescale,
             )
         )
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        precision=precision,
-        accumulate_grad_batches=plan.accumulate_grad_batches,
-        max_steps=cfg.max_steps,
-        callbacks=callbacks,
-        logger=build_logger(cfg),
-        default_root_dir=str(run_dir),
-    )
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    ckpt_path = resolve_resume(cfg.resume, run_dir / "checkpoints")
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    finally:
-        finish_wandb(trainer)
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # +callbacks.x._target_=...
+    with multirun_job_scope():  # -m with Lightning-launched ranks: each job's ranks run that job only
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            precision=precision,
+            accumulate_grad_batches=plan.accumulate_grad_batches,
+            max_steps=cfg.max_steps,
+            callbacks=callbacks,
+            logger=build_logger(cfg),
+            default_root_dir=str(run_dir),
+            plugins=slurm_plugins(),
+        )
+        if trainer.is_global_zero:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        ckpt_path = resolve_resume(cfg.resume, run_dir / "checkpoints")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        finally:
+            finish_wandb(trainer)
+        wait_for_launched_ranks(trainer)
     last = run_dir / "checkpoints" / "last.ckpt"
     return {
         "run_dir": run_dir,
