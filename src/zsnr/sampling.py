@@ -139,6 +139,8 @@ def generate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     schedule = replace(model.schedule, sampler=settings.sampler, spacing=settings.spacing)
     batches = range(0, len(prompts), batch_size)
+    device = next(model.unet.parameters()).device
+    devices = [device] if device.type == "cuda" else []
     if progress:
         from tqdm.auto import tqdm
 
@@ -146,26 +148,27 @@ def generate(
     out = []
     for i in batches:
         p, s = prompts[i : i + batch_size], seeds[i : i + batch_size]
-        torch.manual_seed(s[0])
-        if init_image is None:
-            images = text_to_image(
-                model.unet, model.autoencoder, model.text_encoder, model.tokenizer, schedule, p, s,
-                model.resolution, num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
-                guidance_rescale=settings.guidance_rescale, negative_prompt=settings.negative_prompt,
-                sampler=settings.sampler, eta=settings.eta, progress=progress,
-            )  # fmt: skip
-        else:
-            init = init_image.unsqueeze(0).expand(len(p), -1, -1, -1)
-            images = image_to_image(
-                model.unet, model.autoencoder, model.text_encoder, model.tokenizer, schedule, init, p, s,
-                strength, settings, progress=progress,
-            )  # fmt: skip
+        with torch.random.fork_rng(devices=devices):  # the caller's RNG stays as it was
+            torch.manual_seed(s[0])
+            if init_image is None:
+                images = text_to_image(
+                    model.unet, model.autoencoder, model.text_encoder, model.tokenizer, schedule, p, s,
+                    model.resolution, num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
+                    guidance_rescale=settings.guidance_rescale, negative_prompt=settings.negative_prompt,
+                    sampler=settings.sampler, eta=settings.eta, progress=progress,
+                )  # fmt: skip
+            else:
+                init = init_image.unsqueeze(0).expand(len(p), -1, -1, -1)
+                images = image_to_image(
+                    model.unet, model.autoencoder, model.text_encoder, model.tokenizer, schedule, init, p, s,
+                    strength, settings, progress=progress,
+                )  # fmt: skip
         out.append(images.cpu())
     return torch.cat(out)
 
 
 def resolve_device(device: str) -> torch.device:
-    """ "auto": the GPU when there is one, else the CPU."""
+    """The torch device for a config value; "auto" is the GPU when there is one, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
