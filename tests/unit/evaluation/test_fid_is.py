@@ -141,7 +141,9 @@ def test_batched_metrics_equal_closed_forms():
     assert out["num_images"] == 61 and out["fid_reference_images"] == 200
     assert out["fid"] == pytest.approx(closed_form_fid(rf.numpy(), ff), rel=1e-6)
     assert "inception_score" not in out and "clip_score" not in out
-    luma = (fake.double() / 127.5 - 1).mul(torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(3, 1, 1))
+    luma = (fake.double() / 127.5 - 1).mul(
+        torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(3, 1, 1)
+    )
     assert out["brightness"]["mean"] == pytest.approx(luma.sum(1).mean((1, 2)).mean().item())
     assert out["brightness"]["reference"]["n"] == 200
     with pytest.raises(ValueError, match="uint8"):

@@ -48,7 +48,13 @@ def test_summary_table_plot_and_grid(tmp_path):
     assert [float(r["guidance_rescale"]) for r in rows] == [0.0, 0.7, 1.0]
     assert [float(r["fid"]) for r in rows] == [20.0, 20.7, 21.0]
     assert [float(r["brightness.mean"]) for r in rows] == [0.0, -0.7, -1.0]
-    assert list(rows[0])[:5] == ["guidance_rescale", "fid", "inception_score", "inception_score_std", "brightness.mean"]
+    assert list(rows[0])[:5] == [
+        "guidance_rescale",
+        "fid",
+        "inception_score",
+        "inception_score_std",
+        "brightness.mean",
+    ]
     assert "num_images" not in rows[0] and list(rows[0])[-1] == "run"
     assert "brightness.histogram.counts" not in rows[0] and "brightness.reference.mean" not in rows[0]
     md = out["markdown"].read_text().splitlines()
