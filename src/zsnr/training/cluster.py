@@ -91,8 +91,12 @@ class SlurmRequeue(pl.Callback):
         if self.checkpoint._saved_step != step:
             self.checkpoint.save(trainer, step)
         self.handled_step = step
-        if trainer.is_global_zero and self.requeue:
-            requeue_job()
+        if self.requeue:
+            # the requeue makes SLURM send SIGTERM to every task at once; Lightning's handler would then try a
+            # collective among dying ranks. The checkpoint is safe: stop quietly (or be killed after KillWait).
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if trainer.is_global_zero:
+                requeue_job()
         trainer.should_stop = True
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
