@@ -116,4 +116,4 @@ def test_train_sbatch_requeues_on_usr1_and_resumes_to_the_end(cluster, tmp_path)
     last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == STEPS
     assert (ckpts / "last.ckpt").resolve().name == f"step={STEPS:06d}.ckpt"
-    assert last["zsnr"]["micro_step"] == STEPS  # the module state (step-seeded noise) came back with the weights
+    assert last["zsnr"]["micro_step"] == STEPS  # module state (step-seeded noise) restored too
