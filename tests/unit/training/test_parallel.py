@@ -104,3 +104,15 @@ def test_trainer_configs_choose_the_strategy(choice, kind):
     if kind == "FSDP2Strategy":
         assert isinstance(strategy, FSDP2Strategy) and strategy._save_distributed_checkpoint
         assert strategy._tensor_parallel_size == 1  # pure data parallel: every process is one shard
+
+
+def test_gradient_checkpointing_composes_with_sharding(mesh):
+    plain = parallelize_unet(tiny_unet(), mesh)
+    spec = {**TINY_SPEC, "gradient_checkpointing": True}
+    checkpointed = parallelize_unet(build_components(spec).unet.train(), mesh)
+    assert checkpointed.is_gradient_checkpointing and not plain.is_gradient_checkpointing
+    x, t, text = unet_inputs(plain)
+    for unet in (plain.train(), checkpointed):
+        unet(x, t, encoder_hidden_states=text).sample.square().mean().backward()
+    for a, b in zip(plain.parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad.full_tensor(), b.grad.full_tensor(), rtol=1e-5, atol=1e-7)
