@@ -6,7 +6,7 @@ restarts at a step boundary. Tolerance: bit-for-bit (torch.equal).
 """
 
 import torch
-from conftest import compose, launch_module, tiny_run
+from training_helpers import compose, launch_module, tiny_run
 
 N = 3
 

@@ -3,7 +3,7 @@
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_SPEC, ZERO_SNR, RepeatedBatch
+from training_helpers import TINY_SPEC, ZERO_SNR, RepeatedBatch
 
 from zsnr.training import DiffusionModule, NonFiniteGuard
 

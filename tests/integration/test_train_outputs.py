@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, compose, launch_module, tiny_run
+from training_helpers import ROOT, compose, launch_module, tiny_run
 
 from zsnr.models.schedule import Schedule
 from zsnr.training import load_for_inference

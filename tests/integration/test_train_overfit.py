@@ -6,7 +6,7 @@ timesteps spread over 0..999 with fixed noise, so the drop is not an accident of
 
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_SPEC, ZERO_SNR, FixedBatchData
+from training_helpers import TINY_SPEC, ZERO_SNR, FixedBatchData
 
 from zsnr.diffusion import add_noise, v_target
 from zsnr.training import DiffusionModule

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_SPEC, ZERO_SNR, brightness_batch
+from training_helpers import TINY_SPEC, ZERO_SNR, brightness_batch
 from diffusers import DDPMScheduler
 from torch import nn
 

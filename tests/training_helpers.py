@@ -1,0 +1,88 @@
+"""Helpers for the training tests (import them: `from training_helpers import ...`; tests/ is on sys.path).
+
+A tiny in-memory text-image data module with zsnr.data's batch format, the entry points as importable
+modules, and Hydra composition of the real configs with overrides for seconds-long CPU runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+
+TINY_SPEC = {"kind": "tiny", "resolution": 32, "init_seed": 0}
+ZERO_SNR = {"betas": "scaled_linear", "rescale_zero_terminal_snr": True, "prediction_type": "v_prediction"}
+
+
+def brightness_batch(n: int, resolution: int = 32, seed: int = 0) -> dict:
+    """Flat backgrounds whose caption names their brightness: what the tiny model can learn fast."""
+    g = torch.Generator().manual_seed(seed)
+    levels = {"a solid black background": 10, "a gray background": 128, "a white background": 245}
+    names = list(levels)
+    which = torch.randint(0, len(names), (n,), generator=g)
+    captions = [names[i] for i in which]
+    image = torch.tensor([levels[c] for c in captions], dtype=torch.uint8).view(n, 1, 1, 1)
+    image = image.expand(n, 3, resolution, resolution).contiguous()
+    return {"image": image, "caption": captions, "key": [f"{seed}-{i}" for i in range(n)]}
+
+
+class RepeatedBatch(torch.utils.data.IterableDataset):
+    """The same batch forever (already batched: DataLoader(batch_size=None))."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+
+class FixedBatchData(pl.LightningDataModule):
+    def __init__(self, batch_size: int = 8, resolution: int = 32, seed: int = 0, **_: object) -> None:
+        super().__init__()
+        self.batch = brightness_batch(batch_size, resolution, seed)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(RepeatedBatch(self.batch), batch_size=None)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch_module(name: str):
+    """Import launch/<name>.py (the entry points are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", ROOT / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compose(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides)
+
+
+def tiny_run(run_dir, data_root, steps: int = 2) -> list[str]:
+    """Overrides for a seconds-long CPU run of the tiny model on a small synthetic set."""
+    return [
+        f"run_dir={run_dir}",
+        "model=tiny",
+        "data=synthetic",
+        f"data.root={data_root}",
+        "data.synthetic.num_samples=128",
+        "data.synthetic.samples_per_shard=32",
+        "data.num_workers=0",
+        "data.shuffle_buffer=16",
+        "trainer=cpu",
+        "logger=csv",
+        f"max_steps={steps}",
+        "global_batch_size=8",
+        "micro_batch_size=4",
+        "samples.num_steps=2",
+        "samples.seeds=[0]",
+        "samples.prompts=[a white background]",
+    ]
