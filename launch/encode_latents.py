@@ -84,7 +84,7 @@ def encode_latents(cfg: DictConfig, model_choice: str = "...") -> str:
     }
     (out / "latents.json").write_text(json.dumps(meta, indent=1))
     log.info(
-        "wrote %d shards; train on them with:\n  python launch/train.py model=%s data.urls='%s' data.decode=latents",
+        "wrote %d shards; train on them with:\n  python launch/train.py model=%s \"data.urls='%s'\" data.decode=latents",
         len(paths),
         model_choice,
         pattern,
