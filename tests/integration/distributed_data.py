@@ -16,7 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from conftest import brightness_batch
+from training_helpers import brightness_batch
 
 
 class _Stream(torch.utils.data.IterableDataset):

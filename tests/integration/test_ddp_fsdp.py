@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose, launch_module
 from distributed_data import read_losses
+from training_helpers import ROOT, compose, launch_module
 
 pytestmark = pytest.mark.distributed
 N = 2

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from training_helpers import ROOT
 
 SBATCH = ROOT / "slurm" / "train.sbatch"
 

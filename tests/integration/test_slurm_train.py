@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from training_helpers import ROOT
 
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
 STEPS, EVERY = 40, 5

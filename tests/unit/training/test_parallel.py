@@ -4,10 +4,10 @@ bf16 compute over float32 shards, per-block compile keeping parameter names; the
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import TINY_SPEC, ZERO_SNR, compose
 from hydra.utils import instantiate
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, init_device_mesh
+from training_helpers import TINY_SPEC, ZERO_SNR, compose
 
 from zsnr.models import build_components
 from zsnr.training import DiffusionModule, ema_update_
