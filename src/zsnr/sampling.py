@@ -8,15 +8,15 @@ lacks with guidance rescale. The paper's defaults: DDIM, 50 steps, trailing, w =
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from zsnr.diffusion import SAMPLERS, SPACINGS, cfg, img2img
-from zsnr.models.pipeline import initial_noise, text_to_image
+from zsnr.diffusion import SAMPLERS, SPACINGS, img2img
+from zsnr.models.pipeline import guided_denoiser, initial_noise, text_to_image
 from zsnr.models.schedule import Schedule
 from zsnr.models.text import Tokenizer
 
@@ -57,22 +57,6 @@ class SamplingSettings:
             guidance_rescale=float(options["guidance"]["rescale"]),
             negative_prompt=options["negative_prompt"],
         )
-
-
-def guided_denoiser(
-    unet: nn.Module, pos: torch.Tensor, neg: torch.Tensor, guidance_scale: float, guidance_rescale: float
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """model_fn(x, t) for zsnr.diffusion's samplers: one batched UNet call on [x, x] with [pos, neg] text
-    states, combined by cfg(pos, neg, w, phi); with w = 1 only the conditional pass runs."""
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guidance_scale == 1.0:
-            return unet(x, t, encoder_hidden_states=pos).sample
-        out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([pos, neg])).sample
-        out_pos, out_neg = out.chunk(2)
-        return cfg(out_pos, out_neg, guidance_scale, guidance_rescale)
-
-    return model_fn
 
 
 @torch.no_grad()

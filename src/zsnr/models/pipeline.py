@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -23,6 +25,22 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
     """x_T for each seed, drawn on the CPU so a seed gives the same start on every device."""
     xs = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(xs).to(device)
+
+
+def guided_denoiser(
+    unet: nn.Module, pos: torch.Tensor, neg: torch.Tensor, guidance_scale: float, guidance_rescale: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """model_fn(x, t) for zsnr.diffusion's samplers: one batched UNet call on [x, x] with [pos, neg] text
+    states, combined by cfg(pos, neg, w, phi); with w = 1 only the conditional pass runs."""
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance_scale == 1.0:
+            return unet(x, t, encoder_hidden_states=pos).sample
+        out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([pos, neg])).sample
+        out_pos, out_neg = out.chunk(2)
+        return cfg(out_pos, out_neg, guidance_scale, guidance_rescale)
+
+    return model_fn
 
 
 @torch.no_grad()
@@ -56,15 +74,8 @@ def text_to_image(
     size = resolution // autoencoder.downsample
     x_T = initial_noise(seeds, (autoencoder.latent_channels, size, size), device)
 
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guidance_scale == 1.0:
-            return unet(x, t, encoder_hidden_states=pos).sample
-        out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([pos, neg])).sample
-        out_pos, out_neg = out.chunk(2)
-        return cfg(out_pos, out_neg, guidance_scale, phi)
-
     x0 = sample(
-        model_fn,
+        guided_denoiser(unet, pos, neg, guidance_scale, phi),
         x_T,
         schedule.alphas_cumprod().to(device),
         schedule.timesteps(num_steps),
