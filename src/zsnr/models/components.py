@@ -70,7 +70,12 @@ def build_components(spec: dict[str, Any], pretrained_unet: bool = True) -> Comp
     check_model_files(spec)
     builders = {"tiny": _tiny, "diffusers": _diffusers, "original": _original}
     parts = builders[spec["kind"]](spec, pretrained_unet)
-    configure_unet(parts.unet, spec.get("attention", "sdpa"), spec.get("gradient_checkpointing", False))
+    configure_unet(
+        parts.unet,
+        spec.get("attention", "sdpa"),
+        spec.get("gradient_checkpointing", False),
+        spec.get("channels_last", False),
+    )
     for frozen in (parts.autoencoder, parts.text_encoder):
         frozen.requires_grad_(False).eval()
     return parts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 # stabilityai/stable-diffusion-2-1-base unet/config.json (the 768 px v model: sample_size 96, upcast_attention).
@@ -62,10 +63,16 @@ def tiny_unet_config(
 
 
 def configure_unet(
-    unet: nn.Module, attention: str = "sdpa", gradient_checkpointing: bool = False
+    unet: nn.Module,
+    attention: str = "sdpa",
+    gradient_checkpointing: bool = False,
+    channels_last: bool = False,
 ) -> nn.Module:
-    """Speed/memory switches: `attention` "sdpa" (torch's fused scaled_dot_product_attention) or "eager"
-    (plain matmul-softmax, for debugging and reference numbers); gradient checkpointing of the blocks."""
+    """Speed/memory switches, each set either way (so a benchmark can flip them on one model):
+    `attention` "sdpa" (torch's fused scaled_dot_product_attention) or "eager" (plain matmul-softmax, for
+    debugging and reference numbers); gradient checkpointing of the blocks; `channels_last` stores the conv
+    weights NHWC (cuDNN's native layout on tensor-core GPUs; the training step gives its input the same layout,
+    see `input_memory_format`). tests/bench/gpu_train_step.py measures what each one is worth."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     processors = {"sdpa": AttnProcessor2_0, "eager": AttnProcessor}
@@ -74,4 +81,17 @@ def configure_unet(
     unet.set_attn_processor(processors[attention]())
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    return unet
+    else:
+        unet.disable_gradient_checkpointing()
+    return unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def input_memory_format(unet: nn.Module) -> torch.memory_format:
+    """channels_last when configure_unet stored the UNet's conv weights that way, else contiguous_format."""
+    conv_in = getattr(unet, "conv_in", None)  # a stand-in denoiser (tests) may have none
+    if conv_in is None:
+        return torch.contiguous_format
+    weight = conv_in.weight
+    weight = weight.to_local() if hasattr(weight, "to_local") else weight  # FSDP2 shards are DTensors
+    nhwc = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format

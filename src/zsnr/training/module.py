@@ -21,6 +21,7 @@ from zsnr.diffusion import add_noise, loss_weights, snr, v_target
 from zsnr.models import build_components
 from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
+from zsnr.models.unet import input_memory_format
 from zsnr.training.checkpointing import restore_rng_states, rng_states
 from zsnr.training.ema import ema_decay, ema_update_
 from zsnr.training.parallel import parallelize_unet
@@ -77,7 +78,8 @@ class DiffusionModule(pl.LightningModule):
                 b, x0.shape[1], 1, 1, generator=g, device=dev
             )
         abar = self._abar.to(dev)[t]
-        pred = self.unet(add_noise(x0, noise, abar), t, encoder_hidden_states=text).sample
+        x_t = add_noise(x0, noise, abar).contiguous(memory_format=input_memory_format(self.unet))
+        pred = self.unet(x_t, t, encoder_hidden_states=text).sample
         target = {"v_prediction": v_target, "epsilon": lambda x0, n, a: n, "sample": lambda x0, n, a: x0}[
             self.schedule.prediction_type
         ](x0, noise, abar)
