@@ -16,7 +16,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zsnr.evaluation.brightness import mean_brightness
-from zsnr.evaluation.demo import data_brightness, measure, sample_sets, save_samples, summarize, train_run
+from zsnr.evaluation.demo import (
+    data_brightness,
+    measure,
+    sample_sets,
+    sampler_checks,
+    save_samples,
+    summarize,
+    train_run,
+)
 from zsnr.evaluation.demo_report import save_grid, write_report
 from zsnr.evaluation.images import to_unit_range
 from zsnr.sampling import SamplingSettings
@@ -65,7 +73,8 @@ def demo(cfg: DictConfig) -> Path:
                 model, settings, prompt_sets, s.unconditional_images, s.images_per_prompt, s.batch_size
             )
             save_samples(sets, out / "samples" / variant / f"seed{seed}")
-            metrics_runs[variant][seed] = measure(sets, data)
+            checks = sampler_checks(model, settings, cfg.sampler_checks, s.unconditional_images, s.batch_size)
+            metrics_runs[variant][seed] = {**measure(sets, data), **measure(checks, data)}
             for name, x in sets.items():
                 pooled.setdefault(name, []).append(mean_brightness(to_unit_range(x)))
             if seed == cfg.seeds[0]:
@@ -75,7 +84,7 @@ def demo(cfg: DictConfig) -> Path:
     setup = {
         "command": "make demo  (python launch/demo.py " + " ".join(sys.argv[1:]) + ")",
         "train_steps": cfg.train_steps, "batch": train_cfg.global_batch_size, "seeds": list(cfg.seeds),
-        "resolution": train_cfg.data.resolution, "sampler": s.sampler, "num_steps": s.num_steps,
+        "resolution": train_cfg.data.resolution, "patch_size": train_cfg.model.autoencoder.patch_size, "sampler": s.sampler, "num_steps": s.num_steps,
         "guidance_scale": s.guidance_scale, "minutes": (time.time() - start) / 60,
     }  # fmt: skip
     report = write_report(out, metrics, brightness, images, prompt_sets, setup)

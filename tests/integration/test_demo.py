@@ -20,6 +20,7 @@ def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, str(ROOT / "launch" / "demo.py"), f"out_dir={out}", "seeds=[0]", "train_steps=4",
            "sampling.unconditional_images=6", "sampling.images_per_prompt=2", "sampling.num_steps=3",
+           "sampler_checks=[{sampler: dpmpp_2m, num_steps: 2}]",
            "train_overrides=['data.synthetic.num_samples=1024','data.num_workers=0']"]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=900)
 
@@ -33,7 +34,8 @@ def test_demo_end_to_end(tmp_path):
     assert metrics["data"]["unconditional"]["std"] > 0.4  # backgrounds span black to white
     for variant in ("flawed", "fixed"):
         per_set = metrics[variant]["seeds"]["0"]
-        assert set(per_set) == sets
+        assert set(per_set) == sets | {"unconditional, dpmpp_2m S=2"}
+        assert per_set["unconditional, dpmpp_2m S=2"]["n"] == 6
         assert per_set["unconditional"]["n"] == 6 and per_set["dark"]["n"] == 2 * 2
         for name in sets:
             pngs = sorted((out / "samples" / variant / "seed0" / name).glob("*.png"))
@@ -41,6 +43,7 @@ def test_demo_end_to_end(tmp_path):
             assert Image.open(pngs[0]).size == (32, 32)
         assert (out / "runs" / f"{variant}_seed0" / "checkpoints" / "last.ckpt").exists()
     report = (out / "report.md").read_text()
+    assert "sampled with dpmpp_2m S=2" in report
     assert "| data |" in report and "| fixed, seed 0 |" in report and "| flawed, seed 0 |" in report
     for png in ("histograms.png", "grid_flawed.png", "grid_fixed.png"):
         assert (out / png).stat().st_size > 1000

@@ -99,10 +99,23 @@ def sample_sets(
     return out
 
 
+def sampler_checks(
+    model, settings: SamplingSettings, checks: Sequence[Mapping[str, Any]], num_images: int, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """The unconditional set (same seeds) with other samplers / step counts: {"unconditional, dpmpp_2m S=25": ...}."""
+    out = {}
+    for check in checks:
+        s = replace(settings, guidance_scale=1.0, guidance_rescale=0.0, **check)
+        images = generate(model, [""] * num_images, list(range(num_images)), s, batch_size)
+        out[f"{UNCONDITIONAL}, {s.sampler} S={s.num_steps}"] = to_uint8(images)
+    return out
+
+
 def measure(images: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> dict[str, dict]:
-    """brightness_stats of every set against the data's brightness for the same set."""
+    """brightness_stats of every set against the data's brightness for the same set (a sampler check such as
+    "unconditional, ddim S=100" against the data's "unconditional")."""
     return {
-        name: brightness_stats(mean_brightness(to_unit_range(x)), reference[name])
+        name: brightness_stats(mean_brightness(to_unit_range(x)), reference[name.split(",")[0]])
         for name, x in images.items()
     }
 

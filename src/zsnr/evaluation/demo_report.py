@@ -30,13 +30,20 @@ def _row(label: str, stats: Mapping[str, Any]) -> str:
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
-def stats_table(metrics: Mapping[str, Any], set_name: str) -> list[str]:
+def stats_table(metrics: Mapping[str, Any], set_name: str, with_data: bool = True) -> list[str]:
     lines = ["| images | " + " | ".join(h for _, h in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines.append(_row("data", metrics["data"][set_name]))
+    if with_data:
+        lines.append(_row("data", metrics["data"][set_name]))
     for variant in (v for v in metrics if v != "data"):
         for seed, per_set in metrics[variant]["seeds"].items():
             lines.append(_row(f"{variant}, seed {seed}", per_set[set_name]))
     return lines
+
+
+def extra_sets(metrics: Mapping[str, Any]) -> list[str]:
+    """Sets measured for the models only (sampler checks), in their order."""
+    first = next(v for v in metrics if v != "data")
+    return [k for k in next(iter(metrics[first]["seeds"].values())) if k not in metrics["data"]]
 
 
 def plot_histograms(brightness: Mapping[str, Mapping[str, torch.Tensor]], path: Path) -> Path:
@@ -94,7 +101,7 @@ def write_report(
         "v-loss, trailing steps, CFG rescale phi = 0.7).",
         "",
         f"The models work in **pixel space** ({setup['resolution']} px RGB; the autoencoder is the identity with "
-        "2x2 patches folded into channels), so brightness is measured on exactly what the diffusion produced, "
+        f"{setup['patch_size']}x{setup['patch_size']} pixel patches folded into channels), so brightness is measured on exactly what the diffusion produced, "
         "not through a random VAE. Brightness = mean Rec. 601 luma of an image in [-1, 1]; the data row is "
         "the training set read through the same datamodule. Sampling: "
         f"{setup['sampler']}, {setup['num_steps']} steps, each model with its own spacing; prompt sets with "
@@ -106,6 +113,9 @@ def write_report(
         *stats_table(metrics, "unconditional"),
         "",
     ]
+    for name in extra_sets(metrics):
+        lines += [f"### The same unconditional seeds, sampled with {name.split(', ')[1]}", ""]
+        lines += [*stats_table(metrics, name, with_data=False), ""]
     for name, prompts in prompt_sets.items():
         lines += [f"## Prompt set `{name}`: " + ", ".join(f'"{p}"' for p in prompts), ""]
         lines += [*stats_table(metrics, name), ""]
