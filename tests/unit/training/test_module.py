@@ -4,9 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from training_helpers import TINY_SPEC, ZERO_SNR, brightness_batch
 from diffusers import DDPMScheduler
 from torch import nn
+from training_helpers import TINY_SPEC, ZERO_SNR, brightness_batch
 
 from zsnr.training import DiffusionModule
 
