@@ -20,18 +20,3 @@ def _few_threads():
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
-
-
-# Older tests import helpers with `from conftest import ...`; that resolves to whichever conftest.py pytest
-# loaded last (tests/bench has one too), so import them from training_helpers instead.
-from training_helpers import (  # noqa: E402, F401
-    ROOT,
-    TINY_SPEC,
-    ZERO_SNR,
-    FixedBatchData,
-    RepeatedBatch,
-    brightness_batch,
-    compose,
-    launch_module,
-    tiny_run,
-)

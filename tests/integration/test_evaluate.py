@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose, launch_module
 from PIL import Image
 from tiny_checkpoint import TinyFeatures, shared_tiny_checkpoint, tiny_clip_score
+from training_helpers import compose, launch_module
 
 from zsnr.evaluation.images import save_png
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import compose, launch_module
 from tiny_checkpoint import shared_tiny_checkpoint
+from training_helpers import compose, launch_module
 
 from zsnr import audit
 from zsnr.export import clip_tokenizer, ddim_scheduler, export_diffusers, open_clip_to_clip_text_model

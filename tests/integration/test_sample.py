@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import compose, launch_module
 from PIL import Image
 from tiny_checkpoint import shared_tiny_checkpoint
+from training_helpers import compose, launch_module
 
 from zsnr.evaluation.images import save_png, to_uint8
 from zsnr.sampling import SamplingSettings, generate

@@ -20,8 +20,8 @@ def shared_tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def make_tiny_checkpoint(path: Path, steps: int = 2, model: dict | None = None) -> Path:
-    # tests/conftest.py, imported here: subprocesses that import this file for TinyFeatures do not have it
-    from conftest import FixedBatchData
+    # imported here, not at the top: subprocesses that import this file for TinyFeatures do not have it
+    from training_helpers import FixedBatchData
 
     from zsnr.training import DiffusionModule
 
