@@ -1,0 +1,274 @@
+"""The two training loops that tests/bench/gpu_train_step.py times, and how it times and counts them.
+
+ours:  DiffusionModule.training_step through a pytorch_lightning Trainer built from configs/trainer/default.yaml
+       (precision plugin, gradient clipping at 1.0, AdamW, the EMA update in optimizer_step) with the callbacks
+       launch/train.py always adds (NonFiniteGuard, TrainMetrics); batches from the latent cache, so no VAE.
+plain: a diffusers-style loop (train_text_to_image.py's shape): DDPMScheduler.add_noise / get_velocity, the
+       same UNet under torch.autocast, MSE on v, loss.backward(), clip_grad_norm_(1.0), AdamW; no EMA.
+Both read the same pinned latent batch each step (host to device, as from a DataLoader). Timing: the device is
+synchronised after every step; warmup steps are left out; a step budget in seconds ends a run. FLOPs: the last
+warmup step's forward + backward (the first encodes the empty caption once) under torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
+attention: what MFU counts; the loss arithmetic and the optimizer are not counted).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from zsnr.models.unet import input_memory_format
+
+TRAINER_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "trainer" / "default.yaml"
+ZERO_SNR = {"betas": "scaled_linear", "rescale_zero_terminal_snr": True, "prediction_type": "v_prediction"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    loop: str = "ours"  # "ours" | "plain"
+    latent: int = 64  # latent side: 64 = 512 px, 96 = 768 px for SD 2.1's 8x autoencoder
+    batch: int = 8  # micro-batch per GPU
+    precision: str = "bf16-mixed"  # "bf16-mixed" | "32-true" (Lightning's names; plain: autocast or not)
+    attention: str = "sdpa"
+    channels_last: bool = False
+    compile: bool = False
+    checkpointing: bool = False
+    cudnn_benchmark: bool = False
+    callbacks: bool = True  # ours: launch/train.py's per-step callbacks on
+    count_flops: bool = False
+
+
+@dataclass
+class Timing:
+    images_per_s: float
+    step_ms: float
+    steps: int
+    peak_mem_gib: float | None
+    flops: float | None  # forward + backward of one step (the whole micro-batch)
+
+
+def latent_batch(batch: int, latent: int, text_dim: int, pin: bool) -> dict[str, torch.Tensor]:
+    """A latent-cache batch as the data pipeline hands it over: stored float16 (launch/encode_latents.py),
+    decoded to float32 on the host (zsnr.data.decode.load_tensor); SD latents and text states."""
+    g = torch.Generator().manual_seed(0)
+    out = {
+        "latents": torch.randn(batch, 4, latent, latent, generator=g).half().float(),
+        "text_states": torch.randn(batch, 77, text_dim, generator=g).half().float(),
+    }
+    return {k: v.pin_memory() for k, v in out.items()} if pin else out
+
+
+class Repeat(IterableDataset):
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _timing(times: list[float], warmup: int, batch: int, device: torch.device, flops: float | None) -> Timing:
+    steps = len(times) - warmup
+    if steps < 1:
+        raise RuntimeError(f"no timed steps: {len(times)} steps ran, {warmup} of them warmup")
+    seconds = times[-1] - times[warmup - 1]
+    return Timing(batch * steps / seconds, 1e3 * seconds / steps, steps, _peak_gib(device), flops)
+
+
+def _done(times: list[float], warmup: int, seconds: float, max_steps: int) -> bool:
+    timed = len(times) - warmup
+    return timed >= max_steps or (timed >= 1 and seconds > 0 and times[-1] - times[warmup - 1] >= seconds)
+
+
+class StepTimer(pl.Callback):
+    """Synchronised end-of-step clock for the Trainer; counts the FLOPs of the last warmup step's fwd + bwd."""
+
+    def __init__(self, warmup: int, seconds: float, max_steps: int, count_flops: bool) -> None:
+        self.warmup, self.seconds, self.max_steps = warmup, seconds, max_steps
+        self.counter = FlopCounterMode(display=False) if count_flops else None
+        self.counting = False
+        self.flops: float | None = None
+        self.times: list[float] = []
+
+    def _stop_counting(self) -> None:
+        if self.counting:
+            self.counter.__exit__(None, None, None)
+            self.counting, self.flops = False, float(self.counter.get_total_flops())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.counter is not None and batch_idx == self.warmup - 1:  # not the first: it encodes ""
+            self.counter.__enter__()
+            self.counting = True
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._stop_counting()  # forward + backward only
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_counting()
+        _sync(pl_module.device)
+        self.times.append(time.perf_counter())
+        if _done(self.times, self.warmup, self.seconds, self.max_steps):
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # Between rows, not timed: the teardown would copy AdamW's moments and the module (7 GB at SD 2.1 size)
+        # to the host, and the next row would copy the module back. Drop the moments and the last gradients,
+        # and let the module's .cpu() pass until run_ours removes this instance attribute again.
+        for optimizer in trainer.optimizers:
+            optimizer.state.clear()
+        pl_module.zero_grad(set_to_none=True)
+        pl_module.cpu = lambda: pl_module
+
+
+def trainer_kwargs(accelerator: str) -> dict[str, Any]:
+    """configs/trainer/default.yaml as launch/train.py instantiates it (read as plain YAML: no Hydra needed)."""
+    cfg = yaml.safe_load(TRAINER_CONFIG.read_text())
+    cfg.pop("_target_")
+    cfg.update(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False)
+    return cfg
+
+
+def run_ours(module: pl.LightningModule, v: Variant, batch: dict, device: torch.device, warmup: int,
+             seconds: float, max_steps: int) -> Timing:  # fmt: skip
+    from zsnr.training import NonFiniteGuard, TrainMetrics
+
+    timer = StepTimer(warmup, seconds, max_steps, v.count_flops)
+    callbacks: list[pl.Callback] = [timer]
+    if v.callbacks:
+        callbacks += [NonFiniteGuard(), TrainMetrics(v.batch)]
+    kwargs = trainer_kwargs("gpu" if device.type == "cuda" else "cpu")
+    kwargs.update(precision=v.precision, benchmark=v.cudnn_benchmark, max_steps=warmup + max_steps)
+    trainer = pl.Trainer(**kwargs, callbacks=callbacks)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        trainer.fit(module, DataLoader(Repeat(batch), batch_size=None))
+    finally:
+        module.__dict__.pop("cpu", None)  # StepTimer.on_fit_end's stand-in
+    return _timing(timer.times, warmup, v.batch, device, timer.flops)
+
+
+def plain_step(unet: torch.nn.Module, optimizer, scheduler, batch: dict, device: torch.device,
+               bf16: bool, count: bool = False) -> float | None:  # fmt: skip
+    """One step of a diffusers-style training loop; returns the FLOPs of its forward + backward if `count`."""
+    latents = batch["latents"].to(device, non_blocking=True).float()
+    text = batch["text_states"].to(device, non_blocking=True)
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+    noisy = scheduler.add_noise(latents, noise, t).contiguous(memory_format=input_memory_format(unet))
+    target = scheduler.get_velocity(latents, noise, t)
+    counter = FlopCounterMode(display=False) if count else None
+    if counter is not None:
+        counter.__enter__()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred = unet(noisy, t, encoder_hidden_states=text).sample
+    F.mse_loss(pred.float(), target.float()).backward()
+    if counter is not None:
+        counter.__exit__(None, None, None)
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops()) if counter is not None else None
+
+
+def run_plain(unet: torch.nn.Module, v: Variant, batch: dict, device: torch.device, warmup: int,
+              seconds: float, max_steps: int) -> Timing:  # fmt: skip
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        rescale_betas_zero_snr=True,
+        prediction_type="v_prediction",
+    )  # fmt: skip  (diffusion=zero_snr, diffusers' way)
+    torch.backends.cudnn.benchmark = v.cudnn_benchmark
+    unet.to(device).train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=1e-2)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times: list[float] = []
+    flops = None
+    try:
+        while not _done(times, warmup, seconds, max_steps):
+            count = v.count_flops and len(times) == warmup - 1
+            f = plain_step(unet, optimizer, scheduler, batch, device, v.precision == "bf16-mixed", count)
+            flops = f if count else flops
+            _sync(device)
+            times.append(time.perf_counter())
+    finally:
+        optimizer.state.clear()
+        unet.zero_grad(set_to_none=True)
+    return _timing(times, warmup, v.batch, device, flops)
+
+
+def largest_fitting(fits: Callable[[int], bool], start: int, cap: int, granularity: int,
+                    deadline: float) -> tuple[int, list[tuple[int, bool]]]:  # fmt: skip
+    """The largest micro-batch n <= cap (a multiple of `granularity` once bisecting) with fits(n), given that
+    `start` fits: double until something fails, then bisect; stops early at `deadline` (time.monotonic)."""
+    good, bad, probes = start, None, []
+    while bad is None and good * 2 <= cap and time.monotonic() < deadline:
+        n = good * 2
+        ok = fits(n)
+        probes.append((n, ok))
+        good, bad = (n, None) if ok else (good, n)
+    while bad is not None and time.monotonic() < deadline:
+        n = (good + bad) // 2 // granularity * granularity
+        if n <= good:
+            break
+        ok = fits(n)
+        probes.append((n, ok))
+        good, bad = (n, bad) if ok else (good, n)
+    return good, probes
+
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), matched in this order by name.
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0, "H100 PCIe data sheet, bf16 dense"),
+    ("H100 NVL", 835.0, "H100 NVL data sheet, bf16 dense"),
+    ("H100", 989.4, "H100 SXM data sheet, bf16 dense"),
+    ("H200", 989.4, "H200 data sheet, bf16 dense (same chip as H100 SXM)"),
+    ("H800", 989.4, "H800 SXM data sheet, bf16 dense"),
+    ("A100", 312.0, "A100 data sheet, bf16 dense"),
+    ("L40S", 362.1, "L40S data sheet, bf16 dense"),
+]
+
+
+def peak_tflops(device_name: str) -> tuple[float | None, str]:
+    for key, tflops, source in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return tflops, source
+    return None, f"no peak known for {device_name!r} (pass --peak-tflops)"
+
+
+def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
+    """bf16 n x n x n matrix products on the current GPU (random data), the achievable dense rate."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12
