@@ -167,6 +167,9 @@ class Bench:
             traceback.print_exc()
             self.info["max_micro_batch"] = {"status": f"error: {type(exn).__name__}: {str(exn)[:300]}"}
             return None
+        if not probes:
+            self.info["max_micro_batch"] = {"status": f"skipped: time budget ({self.args.budget_s:.0f} s)"}
+            return None
         self.info["max_micro_batch"] = {"latent": v.latent, "value": n, "probes": probes, "status": "ok"}
         return n
 
@@ -297,6 +300,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in tiny.items():
             if p.get_default(key) == getattr(args, key):
                 setattr(args, key, value)
+    if not args.tiny and not torch.cuda.is_available():
+        p.error(
+            "the full benchmark needs a CUDA GPU (SD 2.1 at 512 px); --tiny runs the tiny model on the CPU"
+        )
     if args.warmup < 2:
         p.error(f"--warmup must be at least 2 (FLOPs are counted on the last warmup step), got {args.warmup}")
     return args
