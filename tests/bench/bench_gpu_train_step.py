@@ -14,8 +14,9 @@ import time
 
 import pytest
 import torch
-from gpu_step_loops import largest_fitting, peak_tflops
-from gpu_train_step import COLUMNS, main
+from gpu_report import COLUMNS, peak_tflops
+from gpu_step_loops import largest_fitting
+from gpu_train_step import main
 from torch.utils.flop_counter import FlopCounterMode
 
 from zsnr.models import build_components

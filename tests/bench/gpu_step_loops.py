@@ -239,36 +239,3 @@ def largest_fitting(fits: Callable[[int], bool], start: int, cap: int, granulari
         probes.append((n, ok))
         good, bad = (n, bad) if ok else (good, n)
     return good, probes
-
-
-# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), matched in this order by name.
-PEAK_BF16_TFLOPS = [
-    ("H100 PCIe", 756.0, "H100 PCIe data sheet, bf16 dense"),
-    ("H100 NVL", 835.0, "H100 NVL data sheet, bf16 dense"),
-    ("H100", 989.4, "H100 SXM data sheet, bf16 dense"),
-    ("H200", 989.4, "H200 data sheet, bf16 dense (same chip as H100 SXM)"),
-    ("H800", 989.4, "H800 SXM data sheet, bf16 dense"),
-    ("A100", 312.0, "A100 data sheet, bf16 dense"),
-    ("L40S", 362.1, "L40S data sheet, bf16 dense"),
-]
-
-
-def peak_tflops(device_name: str) -> tuple[float | None, str]:
-    for key, tflops, source in PEAK_BF16_TFLOPS:
-        if key.lower() in device_name.lower():
-            return tflops, source
-    return None, f"no peak known for {device_name!r} (pass --peak-tflops)"
-
-
-def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
-    """bf16 n x n x n matrix products on the current GPU (random data), the achievable dense rate."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12

@@ -29,16 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gpu_step_loops import (
-    ZERO_SNR,
-    Variant,
-    largest_fitting,
-    latent_batch,
-    matmul_tflops,
-    peak_tflops,
-    run_ours,
-    run_plain,
-)
+from gpu_report import line, matmul_tflops, peak_tflops, table, versions
+from gpu_step_loops import ZERO_SNR, Variant, largest_fitting, latent_batch, run_ours, run_plain
 
 # tiny_unet_config with SD 2.1's sizes is SD21_UNET (checked in build_module). The tiny KL autoencoder (2x down)
 # is built but never used (latent batches); resolution 128 makes the config's sample_size 64 as in SD 2.1.
@@ -49,8 +41,6 @@ SD21_SPEC = {
     "text_encoder": {"width": 1024, "heads": 16, "layers": 2},  # only for the empty caption (caption dropout)
 }  # fmt: skip
 TINY_SPEC = {"kind": "tiny", "resolution": 32, "init_seed": 0}
-COLUMNS = ["name", "loop", "latent", "micro_batch", "precision", "attention", "channels_last", "compile",
-           "checkpointing", "cudnn_benchmark", "status", "images_per_s", "step_ms", "mfu", "peak_mem_gib"]  # fmt: skip
 
 
 def build_module(tiny: bool):
@@ -110,7 +100,7 @@ class Bench:
         row["wall_s"] = time.monotonic() - began
         self._free()
         self.rows.append(row)
-        print(f"[{time.monotonic() - self.start:6.1f} s] {_line(row)}", flush=True)
+        print(f"[{time.monotonic() - self.start:6.1f} s] {line(row)}", flush=True)
         self.write()
         if row["status"] == "oom" and retry_oom and v.batch > 1:
             return self.measure(replace(v, batch=v.batch // 2), need_s, retry_oom=False)
@@ -201,7 +191,7 @@ class Bench:
         self.measure(replace(compiled, name="compile", loop="plain"))
         self.measure(replace(big, name="compile", compile=True, count_flops=False), need_s=a.compile_need_s)
         self.write()
-        print(self.table(), flush=True)
+        print(table(self.result()), flush=True)
         return self.result()
 
     # -- output -------------------------------------------------------------------------------------------------
@@ -226,49 +216,11 @@ class Bench:
         if self.args.out:
             Path(self.args.out).write_text(json.dumps(self.result(), indent=1, default=str))
 
-    def table(self) -> str:
-        r = self.result()
-        lines = [f"device: {r['device']}; peak {r['peak_tflops']} TFLOP/s bf16 dense ({r['peak_source']}); "
-                 f"measured bf16 matmul {_fmt(r['matmul_tflops'], '.0f')} TFLOP/s; UNet "
-                 f"{r['unet_params'] / 1e6:.1f}M parameters; {r['versions']}"]  # fmt: skip
-        for k, d in r["flops_per_image"].items():
-            lim = r["compute_limit_images_per_s"][k]
-            lines.append(f"latent {k}x{k}: fwd+bwd TFLOP/image " + ", ".join(f"{lp} {f / 1e12:.4g}" for lp, f in d.items())
-                         + f"; compute limit {_fmt(lim['at_peak'], '.0f')} img/s at peak, "
-                         f"{_fmt(lim['at_matmul'], '.0f')} at the measured matmul rate")  # fmt: skip
-        mm = r.get("max_micro_batch", {})
-        lines.append(f"largest micro-batch: {mm.get('value', mm.get('status'))} (probes {mm.get('probes')})")
-        head = f"{'variant':20s} {'loop':5s} {'lat':>3s} {'B':>4s} {'prec':10s} {'attn':5s} {'cl':2s} {'cmp':3s} " \
-               f"{'ckpt':4s} {'cudnn':5s} {'img/s':>8s} {'ms/step':>8s} {'MFU':>6s} {'GiB':>6s}  status"  # fmt: skip
-        return "\n".join(lines + [head] + [_line(row) for row in r["variants"]])
-
 
 def _wins(row: dict[str, Any], ref: dict[str, Any]) -> bool:
     """A lever joins the 'best' rows when it beat the baseline by more than run-to-run noise (2%)."""
     ips, base = row.get("images_per_s"), ref.get("images_per_s")
     return bool(ips and base and ips > 1.02 * base)
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return format("-", ">" + spec.split(".")[0]) if x is None else format(x, spec)
-
-
-def _line(row: dict[str, Any]) -> str:
-    yn = {True: "y", False: "-"}
-    return (f"{row['name']:20s} {row['loop']:5s} {row['latent']:3d} {row['micro_batch']:4d} {row['precision']:10s} "
-            f"{row['attention']:5s} {yn[row['channels_last']]:2s} {yn[row['compile']]:3s} {yn[row['checkpointing']]:4s} "
-            f"{yn[row['cudnn_benchmark']]:5s} {_fmt(row.get('images_per_s'), '8.2f')} {_fmt(row.get('step_ms'), '8.1f')} "
-            f"{_fmt(row.get('mfu'), '6.1%')} {_fmt(row.get('peak_mem_gib'), '6.1f')}  {row['status']}")  # fmt: skip
-
-
-def versions() -> dict[str, str]:
-    import diffusers
-    import pytorch_lightning
-
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"torch": torch.__version__, "cuda": str(torch.version.cuda), "cudnn": str(cudnn),
-            "diffusers": diffusers.__version__, "pytorch_lightning": pytorch_lightning.__version__,
-            "python": platform.python_version()}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
