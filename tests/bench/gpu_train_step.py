@@ -1,6 +1,6 @@
 """Training throughput of SD 2.1 fine-tuning on one GPU: images/s and model FLOP utilisation (MFU).
 
-    python tests/bench/gpu_train_step.py [--out results.json]     full SD 2.1 UNet on a CUDA GPU (~6 min)
+    python tests/bench/gpu_train_step.py [--out results.json]     full SD 2.1 UNet on a CUDA GPU (~7 min)
     python tests/bench/gpu_train_step.py --tiny [--out r.json]    the tiny model on the CPU (what `make test` runs)
 
 The full mode builds SD 2.1's UNet (random init, 866M parameters: no weights needed) through DiffusionModule's
