@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import mean_brightness
 from zsnr.evaluation.demo import (
     data_brightness,
@@ -26,7 +27,6 @@ from zsnr.evaluation.demo import (
     train_run,
 )
 from zsnr.evaluation.demo_report import save_grid, write_report
-from zsnr.evaluation.images import to_unit_range
 from zsnr.sampling import SamplingSettings
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -76,7 +76,7 @@ def demo(cfg: DictConfig) -> Path:
             checks = sampler_checks(model, settings, cfg.sampler_checks, s.unconditional_images, s.batch_size)
             metrics_runs[variant][seed] = {**measure(sets, data), **measure(checks, data)}
             for name, x in sets.items():
-                pooled.setdefault(name, []).append(mean_brightness(to_unit_range(x)))
+                pooled.setdefault(name, []).append(mean_brightness(to_model_range(x)))
             if seed == cfg.seeds[0]:
                 images[variant] = save_grid(sets, out / f"grid_{variant}.png")
         brightness[variant] = {name: torch.cat(v) for name, v in pooled.items()}

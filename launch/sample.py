@@ -9,7 +9,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from zsnr.evaluation.images import load_png, make_grid, save_png, to_uint8, to_unit_range
+from zsnr.data import to_model_range
+from zsnr.evaluation.images import load_png, make_grid, save_png, to_uint8
 from zsnr.sampling import SamplingSettings, generate, read_prompts, resolve_device
 
 log = logging.getLogger("zsnr.sample")
@@ -32,7 +33,7 @@ def sample(cfg: DictConfig) -> dict:
         use_ema=cfg.use_ema,
         model_overrides=OmegaConf.to_container(cfg.model_overrides),
     )
-    init = to_unit_range(load_png(cfg.init_image, model.resolution)) if cfg.init_image else None
+    init = to_model_range(load_png(cfg.init_image, model.resolution)) if cfg.init_image else None
     n = cfg.images_per_prompt
     all_prompts = [p for p in prompts for _ in range(n)]
     seeds = [cfg.seed + i for i in range(len(all_prompts))]

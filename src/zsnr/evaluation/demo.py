@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import brightness_stats, mean_brightness
-from zsnr.evaluation.images import save_png, to_uint8, to_unit_range
+from zsnr.evaluation.images import save_png, to_uint8
 from zsnr.sampling import SamplingSettings, generate
 
 UNCONDITIONAL = "unconditional"
@@ -64,7 +65,7 @@ def data_brightness(
     datamodule.setup("fit")
     values, captions = [], []
     for batch in datamodule.train_dataloader():
-        values.append(mean_brightness(to_unit_range(batch["image"])))
+        values.append(mean_brightness(to_model_range(batch["image"])))
         captions += list(batch["caption"])
         if max_images is not None and len(captions) >= max_images:
             break
@@ -115,7 +116,7 @@ def measure(images: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Te
     """brightness_stats of every set against the data's brightness for the same set (a sampler check such as
     "unconditional, ddim S=100" against the data's "unconditional")."""
     return {
-        name: brightness_stats(mean_brightness(to_unit_range(x)), reference[name.split(",")[0]])
+        name: brightness_stats(mean_brightness(to_model_range(x)), reference[name.split(",")[0]])
         for name, x in images.items()
     }
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import mean_brightness
-from zsnr.evaluation.images import iterate_batches, list_images, to_unit_range
+from zsnr.evaluation.images import iterate_batches, list_images
 from zsnr.models.files import load_state_dict, require_file
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -77,7 +78,7 @@ def extract(
         feats.append(f.double().flatten(1).cpu())
         if lg is not None:
             logits.append(lg.double().cpu())
-        light.append(mean_brightness(to_unit_range(images)).double().cpu())
+        light.append(mean_brightness(to_model_range(images)).double().cpu())
     if not feats:
         raise ValueError("no images to extract features from")
     return torch.cat(feats), (torch.cat(logits) if logits else None), torch.cat(light)

@@ -17,11 +17,6 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
     """One uint8 [3, H, W] image to a PNG file."""
     path = Path(path)

@@ -5,8 +5,9 @@ import pytest
 import scipy.stats
 import torch
 
+from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import brightness_stats, mean_brightness, wasserstein_1d
-from zsnr.evaluation.images import to_uint8, to_unit_range
+from zsnr.evaluation.images import to_uint8
 
 
 @pytest.mark.parametrize("sizes", [(7, 7), (50, 13), (1, 40)])
@@ -49,6 +50,9 @@ def test_mean_brightness_is_rec601_luma_and_survives_png_rounding():
     rgb = torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
     assert mean_brightness(rgb).item() == pytest.approx(0.299 - 0.587)
     black = -torch.ones(2, 3, 8, 8)
-    assert to_uint8(black).max() == 0 and mean_brightness(to_unit_range(to_uint8(black))).tolist() == [-1, -1]
+    assert to_uint8(black).max() == 0 and mean_brightness(to_model_range(to_uint8(black))).tolist() == [
+        -1,
+        -1,
+    ]
     x = torch.rand(3, 3, 8, 8) * 2 - 1
-    assert (to_unit_range(to_uint8(x)) - x).abs().max() <= 1 / 127.5 / 2 + 1e-6
+    assert (to_model_range(to_uint8(x)) - x).abs().max() <= 1 / 127.5 / 2 + 1e-6
