@@ -19,14 +19,18 @@ def shared_tiny_checkpoint(tmp_path_factory) -> Path:
     return path if path.is_file() else make_tiny_checkpoint(path)
 
 
-def make_tiny_checkpoint(path: Path, steps: int = 2, model: dict | None = None) -> Path:
+def make_tiny_checkpoint(
+    path: Path, steps: int = 2, model: dict | None = None, diffusion: dict | None = None
+) -> Path:
     # imported here, not at the top: subprocesses that import this file for TinyFeatures do not have it
     from training_helpers import FixedBatchData
 
     from zsnr.training import DiffusionModule
 
     pl.seed_everything(0)
-    module = DiffusionModule(model=model or TINY_SPEC, diffusion=ZERO_SNR, lr=1e-3, ema_decay=0.5)
+    module = DiffusionModule(
+        model=model or TINY_SPEC, diffusion=diffusion or ZERO_SNR, lr=1e-3, ema_decay=0.5
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=steps,

@@ -24,6 +24,7 @@ from zsnr.models.schedule import Schedule
 from zsnr.models.unet import input_memory_format
 from zsnr.training.checkpointing import restore_rng_states, rng_states
 from zsnr.training.ema import ema_decay, ema_update_
+from zsnr.training.init_weights import apply_init_weights, load_init_weights
 from zsnr.training.parallel import parallelize_unet
 
 
@@ -44,6 +45,8 @@ class DiffusionModule(pl.LightningModule):
         caption_dropout: float = 0.1,
         seed: int = 0,
         compile: bool = False,
+        init_from: str | None = None,
+        init_weights: str = "ema",
     ) -> None:
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
@@ -52,13 +55,20 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError("lr_schedule='cosine' needs total_steps (the step at which the lr reaches 0)")
         self.save_hyperparameters()
         self.schedule = Schedule(**diffusion)
-        parts = build_components(model)
+        # init_from: checked and read before the model is built (the UNet then skips its pretrained weights)
+        init = load_init_weights(init_from, init_weights) if init_from else None
+        parts = build_components(model, pretrained_unet=init is None)
+        frozen = {"autoencoder": parts.autoencoder, "text_encoder": parts.text_encoder}
+        if init is not None:  # random frozen parts (model=tiny) come with the UNet they were trained with
+            apply_init_weights(
+                init, parts.unet, {} if parts.frozen_from_files else frozen, str(model.get("kind"))
+            )
         self.unet = parts.unet
         self.ema_unet = copy.deepcopy(self.unet).float().requires_grad_(False).eval()
         self.tokenizer = parts.tokenizer
         self.resolution = parts.resolution
         self.frozen_from_files = parts.frozen_from_files
-        self._frozen = {"autoencoder": parts.autoencoder, "text_encoder": parts.text_encoder}
+        self._frozen = frozen
         self._abar = self.schedule.alphas_cumprod().float()
         self._empty_text: torch.Tensor | None = None
         self.micro_step = 0  # training_step calls so far: seeds this step's noise, timesteps and dropout
