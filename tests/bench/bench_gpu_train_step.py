@@ -1,5 +1,5 @@
 """The GPU training-throughput benchmark (gpu_train_step.py): its tiny CPU mode in `make test`, the full run on
-a GPU (marked gpu; tests/bench/gpu_run.sh runs it on a lent device and keeps the JSON in $ZSNR_BENCH_OUT).
+a GPU (marked gpu; tests/bench/gpu_run.sh runs it on a CUDA machine and keeps the JSON in $ZSNR_BENCH_OUT).
 
 Structure only, never wall-clock thresholds: every row is there, the timed ones ran, and the FLOPs our
 Trainer step counts equal those of a bare UNet forward + backward on the same shapes, and those of the plain

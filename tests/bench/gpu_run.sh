@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The GPU throughput benchmark (tests/bench/gpu_train_step.py) on a lent device machine, in ONE call.
+# The GPU throughput benchmark (tests/bench/gpu_train_step.py) on a CUDA machine, in one command.
 #
-# 1. Here, on a machine with pip, once per checkout:
-#        bash tests/bench/gpu_run.sh fetch
-#    The device image has torch, pytorch-lightning, transformers, timm, pytest, pyyaml but no diffusers,
-#    open_clip, webdataset or hydra, and reaches no package index: this downloads those wheels (versions from
-#    constraints.txt, ~9 MB) into .whl/, which .git/info/exclude ignores so that `carry` can take it along.
-# 2. The device tool: run(command="bash tests/bench/gpu_run.sh", carry=[".whl"], timeout_s=570)
-#    It installs the wheels into /tmp/site ($SITE), checks the imports, then runs the gpu-marked tests (the benchmark
-#    is one: bench_gpu_train_step.py::test_bench_gpu_train_step_full), falling back to the script itself if
-#    pytest cannot start. BUDGET (seconds, default 400) bounds the benchmark; rows past it are skipped.
-#    Back in $OUT: gpu_train_step.json (rewritten after every row: a run cut short keeps its rows),
-#    log.txt (everything printed; the table is at its end) and env.txt (card, driver, versions).
+#     OUT=results bash tests/bench/gpu_run.sh        # on the CUDA machine, from the repository root
+#
+# It needs Python 3 with torch (CUDA), pytorch-lightning, transformers, timm, pytest and pyyaml, and zsnr's other
+# requirements (diffusers, open_clip, webdataset, hydra) either installed or as wheels in .whl/, which it
+# installs into $SITE (default /tmp/site). It checks the imports, then runs the gpu-marked tests (the benchmark is one: bench_gpu_train_step.py::
+# test_bench_gpu_train_step_full), falling back to the script itself if pytest cannot start. BUDGET (seconds,
+# default 400) bounds the benchmark; rows past it are skipped. In $OUT: gpu_train_step.json (rewritten after
+# every row: a run cut short keeps its rows), log.txt (everything printed; the table is at its end) and
+# env.txt (card, driver, versions).
+#
+# A CUDA machine without a package index gets the wheels from a machine with one:
+#     bash tests/bench/gpu_run.sh fetch               # versions from constraints.txt, ~9 MB, into .whl/
+# then copy .whl/ along with the repository (.git/info/exclude keeps it out of git).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 WHEELS=(diffusers importlib_metadata lazy-importer open_clip_torch ftfy wcwidth webdataset braceexpand
@@ -39,16 +41,17 @@ fetch() {
 }
 
 on_device() {
-    : "${OUT:?OUT, the output folder of the device tool, is not set: run this through the device tool}"
+    : "${OUT:?set OUT to the folder the results go to: OUT=results bash tests/bench/gpu_run.sh}"
     export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
     local SITE="${SITE:-/tmp/site}"
+    mkdir -p "$OUT"
     exec > >(tee "$OUT/log.txt") 2>&1
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit \
         --format=csv | tee "$OUT/env.txt"  # read-only queries
-    compgen -G ".whl/*.whl" >/dev/null || {
-        echo "no wheels in .whl/: run 'bash tests/bench/gpu_run.sh fetch' here, then carry [\".whl\"]"; exit 2; }
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        .whl/*.whl || exit 3
+    if compgen -G ".whl/*.whl" >/dev/null; then  # a machine without a package index: the fetched wheels
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+            .whl/*.whl || exit 3
+    fi
     export PYTHONPATH="$SITE:$PWD/src:$PWD/tests/bench"
     python3 - <<'EOF' | tee -a "$OUT/env.txt" || exit 4
 import diffusers, hydra, open_clip, pytorch_lightning, timm, torch, transformers, webdataset

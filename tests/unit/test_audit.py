@@ -50,7 +50,7 @@ def write(tmp_path, config, folder=True):
 
 def test_sd21_base_has_all_three_flaws(tmp_path):
     a = audit_mod.audit(write(tmp_path, SD21_BASE))
-    # Table 1 (sqrt(abar_T) column; see PAPER.md on the SNR typo)
+    # Table 1's sqrt(abar_T) column (its SNR entry for SD, 4.928220e-03, contradicts that column)
     assert a.sqrt_abar_T == pytest.approx(0.068265, abs=5e-7)
     assert a.terminal_snr == pytest.approx(0.068265**2 / (1 - 0.068265**2), rel=2e-5)
     # diffusers "leading" with steps_offset=1: (T // S) * (S - 1) + 1, i.e. the paper's 1-based 901 for S=10

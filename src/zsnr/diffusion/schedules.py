@@ -17,7 +17,8 @@ def make_betas(kind: str, num_timesteps: int = 1000) -> torch.Tensor:
 
     - ``linear`` (DDPM): beta linear from 1e-4 to 0.02. Paper Table 1: SNR(T) = 4.035993e-05.
     - ``scaled_linear`` (Stable Diffusion): beta = linspace(sqrt(0.00085), sqrt(0.012), T)^2.
-      sqrt(abar_T) = 0.068265, SNR(T) = 4.6819e-03 (see PAPER.md on the paper's typo).
+      sqrt(abar_T) = 0.068265, SNR(T) = 4.6819e-03 (Table 1 prints 4.928220e-03 for SNR(T), which its own
+      sqrt(abar_T) column contradicts: 0.068265^2 / (1 - 0.068265^2) = 4.6819e-03).
     - ``cosine`` (iDDPM): abar(t) = f(t)/f(0), f(t) = cos^2(((t/T) + s)/(1 + s) * pi/2), s = 0.008,
       beta_t = min(1 - abar(t)/abar(t-1), 0.999). SNR(T) = 2.4288e-09.
     - ``cosine_unclipped``: the same without the 0.999 clip, so beta_T = 1 and SNR(T) = 0 (the paper's

@@ -6,7 +6,8 @@ import torch
 
 from zsnr.diffusion import SCHEDULES, alphas_cumprod, make_betas, rescale_zero_terminal_snr, snr
 
-# Table 1 (recomputed in float64, see PAPER.md) as printed: schedule -> (SNR(T), sqrt(abar_T))
+# Table 1 (arXiv 2305.08891), recomputed in float64: schedule -> (SNR(T), sqrt(abar_T)); SD's SNR(T) follows
+# the table's sqrt(abar_T) column, which contradicts the printed 4.928220e-03
 TABLE1 = {
     "linear": ("4.035993e-05", "0.006353"),
     "cosine": ("2.4288e-09", "0.000049"),
@@ -36,7 +37,7 @@ def test_table1_linear_to_1e6_relative():
 
 
 def test_sd_terminal_mix():
-    # PAPER.md: with the SD schedule, x_T = 0.068265 x0 + 0.997667 eps
+    # the paper (section 3, on Table 1): with the SD schedule, x_T = 0.068265 x0 + 0.997667 eps
     a = alphas_cumprod(make_betas("scaled_linear"))[-1]
     assert (1 - a).sqrt().item() == pytest.approx(0.997667, abs=5e-7)
 
