@@ -61,15 +61,47 @@ def iterate_batches(
         yield torch.stack([load_png(f, resolution) for f in files[i : i + batch_size]])
 
 
-def make_grid(images: torch.Tensor, columns: int, padding: int = 2) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> one uint8 [3, H', W'] image, row-major, `columns` per row, white padding."""
+def make_grid(images: torch.Tensor, columns: int, padding: int = 2, fill: int = 255) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> one uint8 [3, H', W'] image, row-major, `columns` per row, padding of grey `fill`."""
     n, c, h, w = images.shape
     rows = -(-n // columns)
     grid = torch.full(
-        (c, rows * (h + padding) + padding, columns * (w + padding) + padding), 255, dtype=torch.uint8
+        (c, rows * (h + padding) + padding, columns * (w + padding) + padding), fill, dtype=torch.uint8
     )
     for i in range(n):
         r, col = divmod(i, columns)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
         grid[:, top : top + h, left : left + w] = images[i]
     return grid
+
+
+def labelled_grid(
+    rows: dict[str, torch.Tensor],
+    columns: int,
+    scale: int = 4,
+    label_width: int = 330,
+    captions: dict[str, str] | None = None,
+) -> torch.Tensor:
+    """One row per entry (its first `columns` uint8 images [N, 3, H, W]), each image enlarged `scale` times
+    with nearest-neighbour (pixels stay pixels), the row's name and an optional caption written on its left.
+    Dark grey padding, so that black and white images both stand out from it."""
+    from PIL import ImageDraw, ImageFont
+
+    grids = []
+    for images in rows.values():
+        big = images[:columns].repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+        grids.append(make_grid(big, columns=columns, padding=3, fill=90))
+    width = label_width + max(g.shape[2] for g in grids)
+    canvas = Image.new("RGB", (width, sum(g.shape[1] for g in grids)), "white")
+    draw = ImageDraw.Draw(canvas)
+    name_font, caption_font = ImageFont.load_default(size=20), ImageFont.load_default(size=14)
+    top = 0
+    for (name, _), grid in zip(rows.items(), grids, strict=True):
+        canvas.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (label_width, top))
+        draw.text((8, top + 10), name, fill="black", font=name_font)
+        if captions and captions.get(name):
+            draw.multiline_text(
+                (8, top + 40), captions[name], fill=(70, 70, 70), font=caption_font, spacing=3
+            )
+        top += grid.shape[1]
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
