@@ -40,19 +40,25 @@ def tiny_unet_config(
     layers_per_block: int = 1,
     attention_head_dim: tuple[int, ...] | None = None,
     norm_num_groups: int = 8,
+    cross_attention: tuple[bool, ...] | None = None,
 ) -> dict[str, Any]:
-    """SD's traits at toy scale: cross-attention in every block but the deepest, linear projections,
-    per-block head counts; the deepest level is a plain ResNet block as in SD 2.1."""
+    """SD's traits at toy scale: cross-attention in every block but the deepest (or at the levels
+    `cross_attention` marks, top first), linear projections, per-block head counts."""
     n = len(block_out_channels)
     if n < 2:
         raise ValueError(f"a tiny UNet needs at least 2 levels, got block_out_channels={block_out_channels}")
+    attend = list(cross_attention) if cross_attention is not None else [True] * (n - 1) + [False]
+    if len(attend) != n or not any(attend):
+        raise ValueError(
+            f"cross_attention needs one flag per level ({n}), at least one true; got {cross_attention}"
+        )
     heads = attention_head_dim or tuple(max(1, c // 16) for c in block_out_channels)
     return {
         "sample_size": sample_size,
         "in_channels": in_channels,
         "out_channels": in_channels,
-        "down_block_types": ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attend],
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend)],
         "block_out_channels": list(block_out_channels),
         "layers_per_block": layers_per_block,
         "attention_head_dim": list(heads),

@@ -25,6 +25,17 @@ def test_tiny_has_sd_traits_and_is_small():
     assert all(p.requires_grad for p in parts.unet.parameters())
 
 
+def test_tiny_cross_attention_levels():
+    cfg = build_components(TINY).unet.config  # SD's layout: every level but the deepest attends to the text
+    assert list(cfg.down_block_types) == ["CrossAttnDownBlock2D", "DownBlock2D"]
+    assert list(cfg.up_block_types) == ["UpBlock2D", "CrossAttnUpBlock2D"]
+    deep = build_components({**TINY, "unet": {"cross_attention": [False, True]}}).unet.config
+    assert list(deep.down_block_types) == ["DownBlock2D", "CrossAttnDownBlock2D"]
+    assert list(deep.up_block_types) == ["CrossAttnUpBlock2D", "UpBlock2D"]
+    with pytest.raises(ValueError, match="one flag per level"):
+        build_components({**TINY, "unet": {"cross_attention": [True]}})
+
+
 def test_tiny_is_deterministic_from_its_seed():
     a, b = build_components(TINY), build_components(TINY)
     c = build_components({**TINY, "init_seed": 1})
