@@ -49,12 +49,14 @@ def test_init_from_checkpoint_takes_the_chosen_unet_under_a_new_schedule(base, w
             assert torch.equal(module._frozen[name].state_dict()[key], value), (name, key)
 
 
-def test_train_py_init_from_starts_at_step_zero_with_the_new_schedule(base, tmp_path, data_root):
+def test_train_py_init_from_starts_at_step_zero_with_the_new_schedule(base, tmp_path, data_root, capsys):
     path, ckpt = base
     train = launch_module("train").train
     run = tmp_path / "fine_tune"
     overrides = [*tiny_run(run, data_root, steps=2), "samples.every_n_steps=0", "diffusion=zero_snr"]
-    result = train(compose("train", [*overrides, f"init_from={path}"]))
+    result = train(compose("train", [*overrides, f"init_from={path}", "metrics.every_n_steps=1"]))
+    printed = capsys.readouterr().out  # not a terminal: TrainMetrics prints one line per metrics interval
+    assert "step 1/2  loss " in printed and "step 2/2  loss " in printed and "images/s" in printed
     out = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)
     assert out["global_step"] == 2 and out["zsnr"]["micro_step"] == 4  # not the base's 3 steps + 2
     assert out["hyper_parameters"]["init_from"] == str(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ class NonFiniteGuard(pl.Callback):
 
 
 class TrainMetrics(pl.Callback):
-    """Every `every_n_steps` optimizer steps: loss by timestep bucket, lr, throughput (images/s)."""
+    """Every `every_n_steps` optimizer steps: loss by timestep bucket, lr, throughput (images/s); where the
+    output is not a terminal (a SLURM log, a pipe) also one line `step N/M  loss ...` on stdout."""
 
     def __init__(self, images_per_step: int, every_n_steps: int = 10, buckets: int = 10) -> None:
         self.images_per_step = images_per_step
@@ -117,6 +119,10 @@ class TrainMetrics(pl.Callback):
             if self._counts[i] > 0:
                 metrics[f"train/loss_t{i * width:04d}"] = float(self._sums[i] / self._counts[i])
         _log(trainer, metrics)
+        if trainer.is_global_zero and not sys.stdout.isatty():  # logs and pipes: no live progress bar there
+            loss = float(self._sums.sum() / self._counts.sum()) if self._counts.sum() else float("nan")
+            print(f"step {step}/{trainer.max_steps}  loss {loss:.4f}  {metrics['train/images_per_s']:.1f} "
+                  f"images/s  lr {metrics['train/lr']:.2e}", flush=True)  # fmt: skip
         self._reset(now, step)
 
 
