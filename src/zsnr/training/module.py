@@ -15,6 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from zsnr.data import to_model_range
 from zsnr.diffusion import add_noise, loss_weights, snr, v_target
@@ -55,6 +56,17 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError("lr_schedule='cosine' needs total_steps (the step at which the lr reaches 0)")
         self.save_hyperparameters()
         self.schedule = Schedule(**diffusion)
+        s = self.schedule
+        if (
+            s.loss_weighting == "min_snr"
+            and s.prediction_type == "v_prediction"
+            and s.rescale_zero_terminal_snr
+        ):
+            rank_zero_warn(
+                "loss_weighting=min_snr with v-prediction weighs t = T by min(SNR, gamma) / (SNR + 1) = 0 under zero "
+                "terminal SNR: the step the fix exists for is never trained. Use loss_weighting=min_snr_plus_one "
+                "(x0-space weight min(SNR + 1, gamma), 1 at t = T) or plain (the paper's v-loss)."
+            )
         # init_from: checked and read before the model is built (the UNet then skips its pretrained weights)
         init = load_init_weights(init_from, init_weights) if init_from else None
         parts = build_components(model, pretrained_unet=init is None)

@@ -37,6 +37,27 @@ def test_min_snr_limits():
     assert loss_weights(SNRS, "sample", "min_snr", g)[-1] == g
 
 
+@pytest.mark.parametrize("ptype", ["sample", "v_prediction"])
+def test_min_snr_plus_one_keeps_t_T_trained(ptype):
+    g = 5.0
+    w = loss_weights(SNRS, ptype, "min_snr_plus_one", g)
+    assert torch.isfinite(w).all() and (w >= 0).all()
+    # x0-space weight min(SNR + 1, gamma): 1 at SNR = 0 (x0 and v alike, since v err = (SNR + 1) x0 err)
+    assert w[0] == 1.0
+    factor = {"sample": 1.0, "v_prediction": SNRS + 1}[ptype]
+    finite = torch.isfinite(SNRS)
+    torch.testing.assert_close(
+        (w * factor)[finite], torch.minimum(SNRS + 1, torch.tensor(g).double())[finite]
+    )
+    assert w[-1] == (g if ptype == "sample" else 0.0)  # SNR = inf: gamma / inf for v
+    assert loss_weights(SNRS, "v_prediction", "min_snr", g)[0] == 0.0  # what it replaces: 0 at t = T
+
+
+def test_min_snr_plus_one_refuses_epsilon():
+    with pytest.raises(ValueError, match="v_prediction or sample"):
+        loss_weights(SNRS, "epsilon", "min_snr_plus_one", 5.0)
+
+
 def test_loss_weight_errors():
     with pytest.raises(ValueError, match="min_snr"):
         loss_weights(SNRS, "epsilon", "p2")

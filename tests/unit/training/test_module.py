@@ -1,5 +1,6 @@
 """The training step trains on the closed-form target of its diffusion config (diffusers as the reference)."""
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -111,3 +112,12 @@ def test_noise_depends_on_seed_and_micro_step_only():
     assert torch.equal(a.unet.seen[0], b.unet.seen[0])
     a.training_step(batch, 0)  # next micro step: new noise
     assert not torch.equal(a.unet.seen[0], b.unet.seen[0])
+
+
+def test_min_snr_with_zero_terminal_snr_warns_and_names_the_variant():
+    with pytest.warns(UserWarning, match="min_snr_plus_one"):
+        DiffusionModule(TINY_SPEC, {**ZERO_SNR, "loss_weighting": "min_snr"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the variant, and min_snr on SD's schedule: no warning
+        DiffusionModule(TINY_SPEC, {**ZERO_SNR, "loss_weighting": "min_snr_plus_one"})
+        DiffusionModule(TINY_SPEC, {**FLAWED, "loss_weighting": "min_snr"})
