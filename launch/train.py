@@ -18,6 +18,7 @@ from zsnr.training import (
     AtomicCheckpoint,
     NonFiniteGuard,
     SampleGrid,
+    StreamingCheckpointIO,
     TrainMetrics,
     plan_batches,
     resolve_resume,
@@ -127,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             callbacks=callbacks,
             logger=build_logger(cfg),
             default_root_dir=str(run_dir),
-            plugins=slurm_plugins(),
+            plugins=[*slurm_plugins(), StreamingCheckpointIO()],  # saves without a copy in memory
         )
         if trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
