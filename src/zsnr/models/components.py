@@ -66,7 +66,8 @@ def check_model_files(spec: dict[str, Any]) -> None:
 
 
 def build_components(spec: dict[str, Any], pretrained_unet: bool = True) -> Components:
-    """`pretrained_unet=False` builds the UNet from its config only (its weights then come from a checkpoint)."""
+    """`pretrained_unet=False` builds the UNet from its config only, on the meta device (no memory): its weights
+    then come from a checkpoint with `load_state_dict(..., assign=True)`."""
     check_model_files(spec)
     builders = {"tiny": _tiny, "diffusers": _diffusers, "original": _original}
     parts = builders[spec["kind"]](spec, pretrained_unet)
@@ -99,7 +100,8 @@ def _tiny(spec: dict[str, Any], pretrained_unet: bool) -> Components:
                 cross_attention_dim=text_encoder.hidden_size,
                 sample_size=resolution // autoencoder.downsample,
                 **spec.get("unet", {}),
-            )
+            ),
+            empty=not pretrained_unet,
         )
     return Components(unet, autoencoder, text_encoder, Tokenizer(), resolution, frozen_from_files=False)
 
@@ -111,7 +113,7 @@ def _diffusers(spec: dict[str, Any], pretrained_unet: bool) -> Components:
     if pretrained_unet:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
     else:
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path, subfolder="unet"))
+        unet = build_unet(UNet2DConditionModel.load_config(path, subfolder="unet"), empty=True)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
     if spec.get("text_encoder", "transformers") == "transformers":
         from transformers import CLIPTextModel
@@ -131,7 +133,7 @@ def _original(spec: dict[str, Any], pretrained_unet: bool) -> Components:
 
     state = load_state_dict(spec["checkpoint"])
     unet_config = SD21_V_UNET if spec.get("variant", "base") == "v" else SD21_UNET
-    unet = build_unet(unet_config)
+    unet = build_unet(unet_config, empty=not pretrained_unet)
     if pretrained_unet:
         unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config))
     vae = AutoencoderKL(**SD21_VAE)
