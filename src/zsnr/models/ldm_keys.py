@@ -129,23 +129,35 @@ def _vae_key(key: str, num_levels: int) -> str:
     raise ValueError(f"no original SD layout name for the VAE parameter {key!r} (not an SD AutoencoderKL?)")
 
 
+_TEXT_EMBEDDINGS = {  # open_clip -> transformers CLIPTextModel (without its "text_model." prefix)
+    "token_embedding.weight": "embeddings.token_embedding.weight",
+    "positional_embedding": "embeddings.position_embedding.weight",
+    "ln_final.weight": "final_layer_norm.weight",
+    "ln_final.bias": "final_layer_norm.bias",
+}
+
+
+def _text_keys(num_layers: int):
+    """(open_clip key, transformers key) pairs; q, k, v are one `attn.in_proj_*` in open_clip, three in
+    transformers: those come as (open_clip key, [q, k, v keys])."""
+    yield from _TEXT_EMBEDDINGS.items()
+    for i in range(num_layers):
+        a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for p in ("weight", "bias"):
+            for old, new in TEXT_BLOCK.items():
+                yield f"{a}{old}.{p}", f"{b}{new}.{p}"
+            yield f"{a}attn.in_proj_{p}", [f"{b}self_attn.{n}_proj.{p}" for n in "qkv"]
+
+
 def open_clip_text_to_hf(tower: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
     """The first `num_layers` blocks (and embeddings, final LayerNorm) of an open_clip TextTransformer state
     dict as transformers CLIPTextModel keys (without its "text_model." prefix)."""
-    out = {
-        "embeddings.token_embedding.weight": tower["token_embedding.weight"],
-        "embeddings.position_embedding.weight": tower["positional_embedding"],
-        "final_layer_norm.weight": tower["ln_final.weight"],
-        "final_layer_norm.bias": tower["ln_final.bias"],
-    }
-    for i in range(num_layers):
-        a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for old, new in TEXT_BLOCK.items():
-            for p in ("weight", "bias"):
-                out[f"{b}{new}.{p}"] = tower[f"{a}{old}.{p}"]
-        for p in ("weight", "bias"):
-            for name, chunk in zip("qkv", tower[f"{a}attn.in_proj_{p}"].chunk(3), strict=True):
-                out[f"{b}self_attn.{name}_proj.{p}"] = chunk
+    out = {}
+    for ours, theirs in _text_keys(num_layers):
+        if isinstance(theirs, list):
+            out |= dict(zip(theirs, tower[ours].chunk(3), strict=True))
+        else:
+            out[theirs] = tower[ours]
     return out
 
 
@@ -156,23 +168,12 @@ def hf_text_to_open_clip(state: dict[str, torch.Tensor], num_layers: int) -> dic
     at the penultimate, as SD 2.x does, then give the same states."""
     state = {k.removeprefix("text_model."): v for k, v in state.items()}
     width, dtype = state["final_layer_norm.weight"].shape[0], state["final_layer_norm.weight"].dtype
-    out = {
-        "token_embedding.weight": state["embeddings.token_embedding.weight"],
-        "positional_embedding": state["embeddings.position_embedding.weight"],
-        "ln_final.weight": state["final_layer_norm.weight"],
-        "ln_final.bias": state["final_layer_norm.bias"],
-        "text_projection": torch.eye(
-            width, dtype=dtype
-        ),  # unused by SD (no pooled output); for OpenCLIP loaders
+    out = {  # SD uses neither (no pooled output); open_clip loaders expect them
+        "text_projection": torch.eye(width, dtype=dtype),
         "logit_scale": torch.tensor(CLIP_LOGIT_SCALE, dtype=dtype),
     }
-    for i in range(num_layers):
-        a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for old, new in TEXT_BLOCK.items():
-            for p in ("weight", "bias"):
-                out[f"{a}{old}.{p}"] = state[f"{b}{new}.{p}"]
-        for p in ("weight", "bias"):
-            out[f"{a}attn.in_proj_{p}"] = torch.cat([state[f"{b}self_attn.{n}_proj.{p}"] for n in "qkv"])
+    for ours, theirs in _text_keys(num_layers):
+        out[ours] = torch.cat([state[k] for k in theirs]) if isinstance(theirs, list) else state[theirs]
     last = f"transformer.resblocks.{num_layers}."
     hidden = state["encoder.layers.0.mlp.fc1.weight"].shape[0]
     shapes = {"attn.in_proj": (3 * width, width), "attn.out_proj": (width, width),
