@@ -200,8 +200,8 @@ def check(out: Path, reduced: bool, keep: bool = False, min_free_gib: float = 20
                 shutil.rmtree(last.parent)
         if reduced:
             row = run_in_process(argv)
-        else:
-            _wait_for_memory(min_free_gib)
+        else:  # the training stages hold the whole training state; the others about half of it at most
+            _wait_for_memory(min_free_gib if name.startswith(("train", "resume")) else min_free_gib / 2)
             row = run_subprocess(argv, _log(out, name))
         report["stages"][name] = row
         print(f"{name:40s} {row['wall_s']:7.1f} s" + (f"  peak RSS {row['peak_rss_gib']:5.2f} GiB  anon "
