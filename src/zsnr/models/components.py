@@ -99,12 +99,19 @@ def encoder_signature(spec: dict[str, Any]) -> dict[str, Any]:
     return {"model": model, "resolution": int(spec["resolution"]), "scaling_factor": float(scaling)}
 
 
-def build_components(spec: dict[str, Any], pretrained_unet: bool = True) -> Components:
-    """`pretrained_unet=False` builds the UNet from its config only, on the meta device (no memory): its weights
-    then come from a checkpoint with `load_state_dict(..., assign=True)`."""
+def build_components(
+    spec: dict[str, Any], pretrained_unet: bool = True, empty_unet: bool = False
+) -> Components:
+    """`pretrained_unet=False` builds the UNet from its config only (randomly initialised: its weights then come
+    from elsewhere); `empty_unet=True` leaves it on the meta device instead (no memory, no initialisation), to
+    be filled with `load_state_dict(weights, assign=True)`."""
+    if empty_unet and pretrained_unet:
+        raise ValueError(
+            "empty_unet=True builds the UNet without weights: pass pretrained_unet=False with it"
+        )
     check_model_files(spec)
     builders = {"tiny": _tiny, "diffusers": _diffusers, "original": _original}
-    parts = builders[spec["kind"]](spec, pretrained_unet)
+    parts = builders[spec["kind"]](spec, pretrained_unet, empty_unet)
     configure_unet(
         parts.unet,
         spec.get("attention", "sdpa"),
@@ -116,7 +123,7 @@ def build_components(spec: dict[str, Any], pretrained_unet: bool = True) -> Comp
     return parts
 
 
-def _tiny(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+def _tiny(spec: dict[str, Any], pretrained_unet: bool, empty_unet: bool) -> Components:
     ae, te = dict(spec.get("autoencoder", {})), dict(spec.get("text_encoder", {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec.get("init_seed", 0)))
@@ -135,19 +142,19 @@ def _tiny(spec: dict[str, Any], pretrained_unet: bool) -> Components:
                 sample_size=resolution // autoencoder.downsample,
                 **spec.get("unet", {}),
             ),
-            empty=not pretrained_unet,
+            empty=empty_unet,
         )
     return Components(unet, autoencoder, text_encoder, Tokenizer(), resolution, frozen_from_files=False)
 
 
-def _diffusers(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+def _diffusers(spec: dict[str, Any], pretrained_unet: bool, empty_unet: bool) -> Components:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     path = Path(spec["path"]).expanduser()
     if pretrained_unet:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
     else:
-        unet = build_unet(UNet2DConditionModel.load_config(path, subfolder="unet"), empty=True)
+        unet = build_unet(UNet2DConditionModel.load_config(path, subfolder="unet"), empty=empty_unet)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
     if spec.get("text_encoder", "transformers") == "transformers":
         from transformers import CLIPTextModel
@@ -161,13 +168,13 @@ def _diffusers(spec: dict[str, Any], pretrained_unet: bool) -> Components:
     )
 
 
-def _original(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+def _original(spec: dict[str, Any], pretrained_unet: bool, empty_unet: bool) -> Components:
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     state = load_state_dict(spec["checkpoint"])
     unet_config = SD21_V_UNET if spec.get("variant", "base") == "v" else SD21_UNET
-    unet = build_unet(unet_config, empty=not pretrained_unet)
+    unet = build_unet(unet_config, empty=empty_unet)
     if pretrained_unet:
         unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config))
     vae = AutoencoderKL(**SD21_VAE)

@@ -69,7 +69,7 @@ def load_for_inference(
             f"{path}: the betas saved with the checkpoint differ from what {schedule} gives with this version of "
             "zsnr.diffusion; sampling would use another schedule than the one trained with."
         )
-    parts = build_components(spec, pretrained_unet=False)
+    parts = build_components(spec, pretrained_unet=False, empty_unet=True)
     prefix = "ema_unet." if use_ema else "unet."
     weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     parts.unet.load_state_dict(weights, assign=True)  # the UNet was built empty (meta device)
