@@ -1,16 +1,17 @@
 """Precompute latents: `python launch/encode_latents.py model=... data=... out=DIR` (configs/encode_latents.yaml).
 
 One pass over the data set (no resampling, no augmentation) through the frozen autoencoder and text encoder;
-each sample becomes {key}.latent.npy (x0: latents already multiplied by the scaling factor), {key}.text.npy
-(text hidden states [L, D]) and {key}.txt. Train on the result with data.urls=<printed pattern>
-data.decode=latents: the training step then skips both encoders.
+each sample becomes {key}.posterior.safetensors (the VAE posterior's mean and std, already multiplied by the
+scaling factor, and the text hidden states [L, D]) and {key}.txt, in `dtype`; latents.json beside the shards
+records the model, resolution and scaling factor (zsnr.data.latents). It prints the training command: the
+training step then skips both encoders and draws each step's x0 from the stored posterior.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator
+import shlex
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zsnr.data import to_model_range, write_shards
+from zsnr.data.latents import STORAGE_DTYPES, encode_sample, storage_error, write_manifest
 from zsnr.data.shards import brace_pattern
-from zsnr.models import Components, Tokenizer, build_components
+from zsnr.models import Components, Tokenizer, build_components, encoder_signature
 
 log = logging.getLogger("zsnr.encode_latents")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -29,27 +31,52 @@ CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 
 @torch.no_grad()
 def encoded_samples(
-    parts: Components, batches: Any, device: torch.device, dtype: torch.dtype
+    parts: Components, batches: Any, device: torch.device, dtype: str, errors: dict
 ) -> Iterator[dict]:
     for batch in batches:
-        x0 = parts.autoencoder.encode(to_model_range(batch["image"].to(device)))
+        mean, std = parts.autoencoder.posterior(to_model_range(batch["image"].to(device)))
         text = parts.text_encoder(batch["input_ids"].to(device))
+        if not errors:  # what each storage dtype costs, measured on the first batch
+            g = torch.Generator().manual_seed(0)
+            cpu_std = None if std is None else std.cpu()
+            errors.update({d: storage_error(mean.cpu(), cpu_std, d, g) for d in STORAGE_DTYPES})
         for i, key in enumerate(batch["key"]):
             yield {
                 "__key__": key,
-                "latent.npy": x0[i].to(dtype).cpu().numpy(),
-                "text.npy": text[i].to(dtype).cpu().numpy(),
+                "posterior.safetensors": encode_sample(
+                    mean[i], None if std is None else std[i], text[i], dtype
+                ),
                 "txt": batch["caption"][i],
             }
 
 
-def encode_latents(cfg: DictConfig, model_choice: str = "...") -> str:
-    """Writes the latent shards and a latents.json beside them; returns the brace pattern of the shards."""
+def train_command(overrides: Sequence[str], pattern: str) -> str:
+    """`python launch/train.py` with the model settings this cache was encoded with and the cache as data."""
+    kept = [o for o in overrides if _key(o) in ("model", "data") or _key(o).startswith("model.")]
+    return " ".join(
+        [
+            "python launch/train.py",
+            *map(shlex.quote, kept),
+            f"\"data.urls='{pattern}'\"",
+            "data.decode=latents",
+        ]
+    )
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def encode_latents(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Writes the latent shards and latents.json beside them; returns the shard pattern, the manifest and the
+    training command (`overrides`: the command line's, to repeat the model settings in it)."""
+    if cfg.dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {cfg.dtype!r}")
     spec = OmegaConf.to_container(cfg.model, resolve=True)
+    signature = encoder_signature(spec)  # checks the model files before anything loads
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
     if cfg.device not in ("auto", None):
         device = torch.device(cfg.device)
-    dtype = getattr(torch, cfg.dtype)
     parts = build_components(spec)
     parts.autoencoder.to(device)
     parts.text_encoder.to(device)
@@ -65,38 +92,40 @@ def encode_latents(cfg: DictConfig, model_choice: str = "...") -> str:
         random_flip=False,
         decode="images",
     )
-    out = Path(cfg.out)
+    out, errors = Path(cfg.out), {}
     paths = write_shards(
-        encoded_samples(parts, datamodule.train_dataloader(), device, dtype),
+        encoded_samples(parts, datamodule.train_dataloader(), device, cfg.dtype, errors),
         str(out / "latents-%06d.tar"),
         maxcount=cfg.samples_per_shard,
         desc="encoding latents",
     )
     pattern = brace_pattern(paths)
-    meta = {
-        "shards": pattern,
-        "model": spec,
-        "resolution": parts.resolution,
-        "latent_channels": parts.autoencoder.latent_channels,
-        "scaling_factor": parts.autoencoder.scaling_factor,
-        "text_hidden_size": int(parts.text_encoder.hidden_size),
-        "dtype": cfg.dtype,
-    }
-    (out / "latents.json").write_text(json.dumps(meta, indent=1))
-    log.info(
-        "wrote %d shards; train on them with:\n  python launch/train.py model=%s \"data.urls='%s'\" data.decode=latents",
-        len(paths),
-        model_choice,
-        pattern,
+    command = train_command(overrides, pattern)
+    manifest = write_manifest(
+        out,
+        {
+            "shards": pattern,
+            "encoder": signature,
+            "dtype": cfg.dtype,
+            "latent_channels": parts.autoencoder.latent_channels,
+            "text_hidden_size": int(parts.text_encoder.hidden_size),
+            "storage_error": errors,
+            "train_command": command,
+        },
     )
-    return pattern
+    e = errors[cfg.dtype]
+    log.info(
+        "wrote %d shards and %s (storage %s: x0 off by up to %.3g, RMS %.3g = %.2g of x0's std); train with:\n  %s",
+        len(paths), manifest, cfg.dtype, e["max_abs"], e["rms"], e["relative_rms"], command,
+    )  # fmt: skip
+    return {"shards": pattern, "manifest": manifest, "train_command": command}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="encode_latents")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    encode_latents(cfg, HydraConfig.get().runtime.choices.get("model", "..."))
+    encode_latents(cfg, HydraConfig.get().overrides.task)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Export a checkpoint to a diffusers folder: `python launch/export.py checkpoint=PATH out=DIR`.
+"""Export a checkpoint: `python launch/export.py checkpoint=PATH out=DIR` (configs/export.yaml).
 
-See configs/export.yaml and zsnr.export. Load it with StableDiffusionPipeline.from_pretrained(DIR) and sample
-with pipe(prompt, guidance_rescale=0.7).
+DIR: a diffusers folder (zsnr.export; StableDiffusionPipeline.from_pretrained(DIR), then
+pipe(prompt, guidance_rescale=0.7)). With single_file=true (the default) also DIR.safetensors, the original
+SD 2.x layout the UIs load, and DIR.yaml beside it (zsnr.single_file).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zsnr.export import export_diffusers
+from zsnr.single_file import export_single_file, inference_config
 
 log = logging.getLogger("zsnr.export")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -31,15 +33,16 @@ def export(cfg: DictConfig) -> Path:
         use_ema=cfg.use_ema,
         model_overrides=OmegaConf.to_container(cfg.model_overrides),
     )
+    if cfg.single_file:
+        inference_config(model)  # refuses a model the original layout cannot hold, before anything is written
     for part in (model.unet, model.autoencoder, model.text_encoder):
         part.to(DTYPES[cfg.dtype])
     out = export_diffusers(model, cfg.out)
-    log.info(
-        "wrote the diffusers folder %s (step %d, %s weights)",
-        out,
-        model.step,
-        "EMA" if cfg.use_ema else "raw",
-    )
+    weights = "EMA" if cfg.use_ema else "raw"
+    log.info("wrote the diffusers folder %s (step %d, %s weights)", out, model.step, weights)
+    if cfg.single_file:
+        single, yaml_path = export_single_file(model, out.with_name(out.name + ".safetensors"))
+        log.info("wrote %s and %s (original SD 2.x layout, for UIs; see the README)", single, yaml_path)
     return out
 
 

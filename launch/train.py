@@ -13,11 +13,12 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from zsnr.models import Tokenizer, check_model_files
+from zsnr.models import Tokenizer, check_model_files, encoder_signature
 from zsnr.training import (
     AtomicCheckpoint,
     NonFiniteGuard,
     SampleGrid,
+    StreamingCheckpointIO,
     TrainMetrics,
     plan_batches,
     resolve_resume,
@@ -82,7 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Cheap checks first: the batch arithmetic and the model files, before any model or data loads.
     world = world_size(cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.accelerator)
     plan = plan_batches(cfg.global_batch_size, cfg.micro_batch_size, world)
-    check_model_files(OmegaConf.to_container(cfg.model, resolve=True))
+    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
+    check_model_files(model_spec)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("%s; precision %s; run directory %s", plan.describe(), precision, run_dir)
     checkpoint = AtomicCheckpoint(
@@ -98,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         batch_size=plan.micro_batch_size,
         seed=cfg.seed,
         tokenizer=Tokenizer(),
+        latent_signature=encoder_signature(model_spec),  # data.decode=latents: refuses another model's cache
     )
     module = instantiate(cfg.module)
     callbacks += [
@@ -127,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             callbacks=callbacks,
             logger=build_logger(cfg),
             default_root_dir=str(run_dir),
-            plugins=slurm_plugins(),
+            plugins=[*slurm_plugins(), StreamingCheckpointIO()],  # saves without a copy in memory
         )
         if trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)

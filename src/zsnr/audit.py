@@ -2,8 +2,10 @@
 
     python -m zsnr.audit PATH [--json] [--strict]
 
-PATH is a diffusers model folder (with scheduler/scheduler_config.json), a scheduler folder, or a
-scheduler_config.json. The configured scheduler class is instantiated from the config (offline, no weights)
+PATH is a diffusers model folder (with scheduler/scheduler_config.json), a scheduler folder, a
+scheduler_config.json, or an original-layout single file (.safetensors / .ckpt: the schedule from the .yaml
+beside it, else from its `v_pred` / `ztsnr` marker keys, else SD 2.x's; zsnr.single_file). The configured
+scheduler class is instantiated from the config (offline, no weights)
 and asked what it would do: its betas give SNR(T) and sqrt(abar_T), and `set_timesteps(S)` gives the first
 timestep it samples at S = 10, 25, 50, with diffusers' own spacing rules and `steps_offset` (which differ
 per scheduler class: DDIM "leading" + steps_offset=1 starts at 901, DPM-Solver "linspace" at 999). Those
@@ -24,6 +26,7 @@ import torch
 from zsnr.diffusion import SPACINGS, alphas_cumprod, select_timesteps, snr
 
 STEPS = (10, 25, 50)
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 PHI = 0.7  # the paper's guidance rescale
 
 
@@ -98,15 +101,24 @@ def first_timesteps(scheduler, steps: tuple[int, ...] = STEPS) -> dict[int, floa
 
 
 def audit(path: str | Path) -> Audit:
-    config_path = find_scheduler_config(path)
-    config = json.loads(config_path.read_text())
+    path = Path(path).expanduser()
+    if path.suffix in SINGLE_FILE_SUFFIXES:
+        from zsnr.single_file import scheduler_config  # torch-heavy: only for single files
+
+        if not path.is_file():
+            raise FileNotFoundError(f"no single-file checkpoint at {path}")
+        config, origin = scheduler_config(path)
+        source = str(path)
+    else:
+        config_path = find_scheduler_config(path)
+        config, origin, source = json.loads(config_path.read_text()), [], str(config_path)
     scheduler = load_scheduler(config)
     cfg = scheduler.config
     T = int(cfg.num_train_timesteps)
     abar = alphas_cumprod(scheduler.betas)  # float64 from the scheduler's own betas
     spacing = cfg.get("timestep_spacing")
     report = Audit(
-        source=str(config_path),
+        source=source,
         scheduler_class=type(scheduler).__name__,
         num_train_timesteps=T,
         prediction_type=str(cfg.get("prediction_type", "epsilon")),
@@ -121,7 +133,7 @@ def audit(path: str | Path) -> Audit:
         },
     )
     report.flaws = find_flaws(report)
-    report.notes = find_notes(report, scheduler, abar)
+    report.notes = origin + find_notes(report, scheduler, abar)
     return report
 
 
@@ -227,7 +239,7 @@ def format_audit(a: Audit) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Audit a diffusers noise schedule for the paper's flaws.")
-    p.add_argument("path", help="diffusers model folder, scheduler folder, or scheduler_config.json")
+    p.add_argument("path", help="diffusers folder, scheduler folder, scheduler_config.json, or single file")
     p.add_argument("--json", action="store_true", help="print the audit as JSON")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a flaw is found")
     args = p.parse_args(argv)

@@ -2,11 +2,13 @@
 
     export_diffusers(load_for_inference(ckpt), out_dir)   # or: python launch/export.py checkpoint=... out=DIR
 
-Writes a `StableDiffusionPipeline` folder (safetensors): the EMA UNet, the VAE, the text encoder as a
-transformers `CLIPTextModel`, a `CLIPTokenizer`, and a `DDIMScheduler` configured as the checkpoint samples:
+Writes a `StableDiffusionPipeline` folder (safetensors): the EMA UNet (its `sample_size` the trained
+resolution's, so pipe() defaults to it), the VAE, the text encoder as a transformers `CLIPTextModel`, a
+`CLIPTokenizer`, and a `DDIMScheduler` configured as the checkpoint samples:
 `rescale_betas_zero_snr`, `prediction_type`, `timestep_spacing` from its schedule, `clip_sample=False`, and
 `set_alpha_to_one=True` (the last DDIM step lands on the x0 prediction, as zsnr's samplers do). Other tools
-drop these flags (InvokeAI #7601, Forge #2371); the folder is audited (zsnr.audit) after writing.
+drop these flags (InvokeAI #7601, Forge #2371); the folder is audited (zsnr.audit) after writing. No config
+keeps the path a component was loaded from.
 
 An OpenCLIP text tower (SD 2.x's, or model=tiny's) is converted to a `CLIPTextModel` the way diffusers'
 SD 2.x conversion does: the penultimate read-out becomes a model with one layer less, whose
@@ -16,13 +18,13 @@ SD 2.x conversion does: the penultimate read-out becomes a model with one layer 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from torch import nn
 
+from zsnr.models.ldm_keys import open_clip_text_to_hf
 from zsnr.models.schedule import Schedule
-from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, Tokenizer
+from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, clip_tokenizer, write_bpe_files
 
 # zsnr.diffusion.make_betas kinds that diffusers builds the same way (same constants); others go as trained_betas
 DIFFUSERS_BETAS = {
@@ -56,28 +58,7 @@ def open_clip_to_clip_text_model(encoder: OpenCLIPTextEncoder) -> nn.Module:
         eos_token_id=49407,
         pad_token_id=0,
     )
-    src = tower.state_dict()
-    out = {
-        "embeddings.token_embedding.weight": src["token_embedding.weight"],
-        "embeddings.position_embedding.weight": src["positional_embedding"],
-        "final_layer_norm.weight": src["ln_final.weight"],
-        "final_layer_norm.bias": src["ln_final.bias"],
-    }
-    renames = {
-        "ln_1": "layer_norm1",
-        "ln_2": "layer_norm2",
-        "attn.out_proj": "self_attn.out_proj",
-        "mlp.c_fc": "mlp.fc1",
-        "mlp.c_proj": "mlp.fc2",
-    }
-    for i in range(config.num_hidden_layers):
-        a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for old, new in renames.items():
-            for p in ("weight", "bias"):
-                out[f"{b}{new}.{p}"] = src[f"{a}{old}.{p}"]
-        for p in ("weight", "bias"):
-            for name, chunk in zip("qkv", src[f"{a}attn.in_proj_{p}"].chunk(3), strict=True):
-                out[f"{b}self_attn.{name}_proj.{p}"] = chunk
+    out = open_clip_text_to_hf(tower.state_dict(), config.num_hidden_layers)
     model = CLIPTextModel(config)
     own = model.state_dict()
     # transformers 4 names these "text_model.<key>", transformers 5 "<key>" (its files keep "text_model.")
@@ -90,31 +71,6 @@ def open_clip_to_clip_text_model(encoder: OpenCLIPTextEncoder) -> nn.Module:
         )
     model.load_state_dict({k: v.clone() for k, v in out.items()}, strict=False)
     return model.eval()
-
-
-def _bpe_files(tokenizer: Tokenizer, folder: Path) -> tuple[Path, Path]:
-    """vocab.json and merges.txt (the files of stabilityai's tokenizer/ folders) from open_clip's bundled BPE."""
-    bpe = tokenizer._bpe
-    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {specials.get(k, k): v for k, v in bpe.encoder.items()}
-    merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda kv: kv[1])]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return folder / "vocab.json", folder / "merges.txt"
-
-
-def clip_tokenizer(tokenizer: Tokenizer):
-    """transformers CLIPTokenizer with the BPE that open_clip bundles, padding with "!" = id 0 as open_clip does
-    (stabilityai's SD 2.x tokenizer does the same). One known difference, shared with stabilityai's folders: a
-    "!" in a prompt becomes the pad token (id 0) instead of "!</w>" (id 256)."""
-    from transformers import CLIPTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab, merges = _bpe_files(tokenizer, Path(tmp))
-        return CLIPTokenizer(
-            vocab=str(vocab), merges=str(merges), pad_token="!", model_max_length=tokenizer.context_length
-        )
 
 
 def ddim_scheduler(schedule: Schedule):
@@ -141,6 +97,16 @@ def ddim_scheduler(schedule: Schedule):
             f"diffusers' DDIMScheduler abar differs from zsnr's for {schedule} by up to {worst:.3g}"
         )
     return scheduler
+
+
+def _drop_source_paths(out_dir: Path) -> None:
+    """diffusers and transformers write the folder a component was loaded from into its config.json
+    (`_name_or_path`): a path on the training machine, meaningless (and private) anywhere else."""
+    for path in out_dir.rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and {"_name_or_path", "name_or_path"} & config.keys():
+            clean = {k: v for k, v in config.items() if k not in ("_name_or_path", "name_or_path")}
+            path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
 
 
 def export_diffusers(model, out_dir: str | Path, audit: bool = True) -> Path:
@@ -170,9 +136,12 @@ def export_diffusers(model, out_dir: str | Path, audit: bool = True) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    # pipe() defaults to sample_size x the VAE's factor: the resolution trained at, not the base model's
+    model.unet.register_to_config(sample_size=model.resolution // model.autoencoder.downsample)
     out_dir = Path(out_dir).expanduser()
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    _bpe_files(model.tokenizer, out_dir / "tokenizer")  # for loaders that read the slow-tokenizer files
+    _drop_source_paths(out_dir)
+    write_bpe_files(model.tokenizer, out_dir / "tokenizer")  # for loaders that read the slow-tokenizer files
     (out_dir / "zsnr_export.json").write_text(
         json.dumps(
             {"schedule": model.schedule.to_dict(), "step": model.step, "resolution": model.resolution},

@@ -4,8 +4,9 @@
 Measured in one process with torch on ONE thread, no DataLoader, in CPU seconds of the process (the machine
 is shared: wall time swings with the other jobs, CPU time of a single thread does not): one optimizer step
 (forward, backward, AdamW) of DiffusionModule on a batch of 32 px images, (a) encoding them with the frozen
-autoencoder and text encoder as training does, (b) from the cache (latents and text states, stored float16
-as launch/encode_latents.py writes them). Variants alternate over rounds; the fastest round counts. For SD 2.1 at 512 px, where a CPU cannot time it, the same comparison is
+autoencoder and text encoder as training does, (b) from the cache (the posterior and text states that
+launch/encode_latents.py stores; the step still draws x0 from it). Variants alternate over rounds; the fastest
+round counts. For SD 2.1 at 512 px, where a CPU cannot time it, the same comparison is
 made in FLOPs on the meta device (torch.utils.flop_counter): UNet forward + backward vs VAE encode + text.
 """
 
@@ -16,6 +17,7 @@ import time
 import pytest
 import torch
 
+from zsnr.data import to_model_range
 from zsnr.training import DiffusionModule
 
 ZERO_SNR = {"betas": "scaled_linear", "rescale_zero_terminal_snr": True, "prediction_type": "v_prediction"}
@@ -44,8 +46,9 @@ def measure(model: dict, batch_size: int, steps: int, rounds: int) -> dict[str, 
     module.log = lambda *a, **k: None  # no Trainer here
     optimizer = torch.optim.AdamW(module.unet.parameters(), lr=1e-4)
     images = _batch(batch_size)
-    x0, text = module.encode_batch(images)
-    cached = {"latents": x0.half().float(), "text_states": text.half().float(), "caption": images["caption"]}
+    mean, std = module.autoencoder.posterior(to_model_range(images["image"]))
+    text = module.text_encoder(module.tokenizer(images["caption"]))
+    cached = {"latent_mean": mean, "latent_std": std, "text_states": text, "caption": images["caption"]}
     best = {"images": float("inf"), "cache": float("inf")}
     for _ in range(rounds):
         for name, batch in (("images", images), ("cache", cached)):

@@ -58,12 +58,13 @@ class Timing:
 
 
 def latent_batch(batch: int, latent: int, text_dim: int, pin: bool) -> dict[str, torch.Tensor]:
-    """A latent-cache batch as the data pipeline hands it over: stored float16 (launch/encode_latents.py),
-    decoded to float32 on the host (zsnr.data.decode.load_tensor); SD latents and text states."""
+    """A latent-cache batch as the data pipeline hands it over (zsnr.data.latents, decoded to float32 on the
+    host): the SD VAE posterior (mean, std) and the text states."""
     g = torch.Generator().manual_seed(0)
     out = {
-        "latents": torch.randn(batch, 4, latent, latent, generator=g).half().float(),
-        "text_states": torch.randn(batch, 77, text_dim, generator=g).half().float(),
+        "latent_mean": torch.randn(batch, 4, latent, latent, generator=g),
+        "latent_std": torch.rand(batch, 4, latent, latent, generator=g) * 0.01,
+        "text_states": torch.randn(batch, 77, text_dim, generator=g),
     }
     return {k: v.pin_memory() for k, v in out.items()} if pin else out
 
@@ -170,7 +171,8 @@ def run_ours(module: pl.LightningModule, v: Variant, batch: dict, device: torch.
 def plain_step(unet: torch.nn.Module, optimizer, scheduler, batch: dict, device: torch.device,
                bf16: bool, count: bool = False) -> float | None:  # fmt: skip
     """One step of a diffusers-style training loop; returns the FLOPs of its forward + backward if `count`."""
-    latents = batch["latents"].to(device, non_blocking=True).float()
+    mean = batch["latent_mean"].to(device, non_blocking=True)
+    latents = mean + batch["latent_std"].to(device, non_blocking=True) * torch.randn_like(mean)  # a sample
     text = batch["text_states"].to(device, non_blocking=True)
     noise = torch.randn_like(latents)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)

@@ -26,7 +26,7 @@ def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     ckpt = shared_tiny_checkpoint(tmp_path_factory)
     out = tmp / "diffusers"
-    cfg = compose("export", [f"checkpoint={ckpt}", f"out={out}"])
+    cfg = compose("export", [f"checkpoint={ckpt}", f"out={out}", "single_file=false"])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         launch_module("export").export(cfg)
@@ -67,6 +67,15 @@ def test_diffusers_pipeline_samples_what_zsnr_samples(exported):
     assert theirs.shape == ours.shape == (3, 3, 32, 32)
     torch.testing.assert_close(theirs * 2 - 1, ours, atol=1e-4, rtol=0)  # measured: 3e-6
     assert (ours[0] - ours[1]).abs().max() > 1e-2  # the prompts matter, so the text path is compared too
+
+
+def test_single_file_refuses_what_the_original_layout_cannot_hold(tmp_path_factory, tmp_path):
+    cfg = compose(
+        "export", [f"checkpoint={shared_tiny_checkpoint(tmp_path_factory)}", f"out={tmp_path / 'x'}"]
+    )
+    with pytest.raises(ValueError, match="8 GroupNorm groups, LDM 32.*single_file=false"):
+        launch_module("export").export(cfg)  # model=tiny's UNet and VAE; refused before anything is written
+    assert not list(tmp_path.iterdir())
 
 
 def test_text_encoder_and_tokenizer_conversion():

@@ -1,10 +1,12 @@
 """2N steps straight == N steps, stop, resume=auto, N more: the same weights, EMA and optimizer state, exactly.
 
-Exact on the CPU: the step's noise, timesteps and caption dropout are a function of (seed, rank, micro-step),
-the data stream resumes at its saved position (zsnr.data), and the accumulation (2 micro-batches per step)
-restarts at a step boundary. Tolerance: bit-for-bit (torch.equal).
+Exact on the CPU: the step's posterior draw, noise, timesteps and caption dropout are a function of (seed,
+rank, micro-step), the data stream resumes at its saved position (zsnr.data), and the accumulation
+(2 micro-batches per step) restarts at a step boundary. Tolerance: bit-for-bit (torch.equal). Both data paths:
+images through the frozen encoders, and the latent cache (posteriors drawn from in the step).
 """
 
+import pytest
 import torch
 from training_helpers import compose, launch_module, tiny_run
 
@@ -15,9 +17,16 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, data_root):
+@pytest.mark.parametrize("source", ["images", "latent_cache"])
+def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, data_root, source):
     train = launch_module("train").train
-    common = [
+    common = []
+    if source == "latent_cache":
+        data = [o for o in tiny_run(tmp_path, data_root) if o.startswith(("model", "data"))]
+        cfg = compose("encode_latents", [*data, f"out={tmp_path}/lat", "batch_size=32"])
+        made = launch_module("encode_latents").encode_latents(cfg)
+        common = [f"data.urls={made['shards']}", "data.decode=latents"]
+    common += [
         "checkpoint.every_n_steps=1",
         "checkpoint.keep_last=null",
         "samples.every_n_steps=0",

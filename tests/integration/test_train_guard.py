@@ -11,7 +11,7 @@ from zsnr.training import DiffusionModule, NonFiniteGuard
 class LatentBatches(pl.LightningDataModule):
     def __init__(self, value: float) -> None:
         super().__init__()
-        self.batch = {"latents": torch.full((2, 4, 16, 16), value), "text_states": torch.zeros(2, 77, 32)}
+        self.batch = {"latent_mean": torch.full((2, 4, 16, 16), value), "text_states": torch.zeros(2, 77, 32)}
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(RepeatedBatch(self.batch), batch_size=None)

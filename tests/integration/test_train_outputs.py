@@ -2,13 +2,16 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from training_helpers import ROOT, compose, launch_module, tiny_run
 
+from zsnr.data import to_model_range
 from zsnr.models.schedule import Schedule
 from zsnr.training import load_for_inference
 
@@ -39,38 +42,50 @@ def test_checkpoint_loads_for_inference_with_its_schedule(flawed_run, tmp_path):
         load_for_inference(tmp_path / "tampered.ckpt")
 
 
-def test_latent_cache_matches_on_the_fly_encoding_and_trains(tmp_path, data_root):
+def test_latent_cache_stores_the_posterior_and_refuses_another_model(tmp_path, data_root):
     from zsnr.data import WebDataModule
-    from zsnr.models import Tokenizer
+    from zsnr.models import Tokenizer, encoder_signature
     from zsnr.training import DiffusionModule
 
+    train = launch_module("train").train
     run = tiny_run(tmp_path / "run", data_root, steps=2)
     data = [o for o in run if o.startswith("data.")]
-    cfg = compose(
-        "encode_latents", ["model=tiny", "data=synthetic", *data, f"out={tmp_path}/lat", "batch_size=16"]
-    )
-    pattern = launch_module("encode_latents").encode_latents(cfg)
-    meta = json.loads((tmp_path / "lat" / "latents.json").read_text())
-    assert meta["latent_channels"] == 4 and meta["scaling_factor"] == pytest.approx(0.18215)
+    overrides = ["model=tiny", "model.resolution=32", "data=synthetic", *data]
+    cfg = compose("encode_latents", [*overrides, f"out={tmp_path}/lat", "batch_size=16"])
+    made = launch_module("encode_latents").encode_latents(cfg, overrides)
+    manifest = json.loads(made["manifest"].read_text())
+    assert manifest["encoder"] == encoder_signature(dict(cfg.model)) and manifest["dtype"] == "float32"
+    assert manifest["encoder"]["scaling_factor"] == pytest.approx(0.18215)
+    errors = manifest["storage_error"]
+    assert errors["float32"]["max_abs"] == 0.0
+    for dtype, unit_roundoff in (("bfloat16", 2.0**-8), ("float16", 2.0**-11)):
+        assert 0 < errors[dtype]["relative_rms"] < unit_roundoff  # rounding to nearest: under one unit
 
-    cached = WebDataModule(urls=pattern, decode="latents", resolution=32, batch_size=8, num_workers=0)
+    cached = WebDataModule(urls=made["shards"], decode="latents", resolution=32, batch_size=8, num_workers=0)
     batch = next(iter(cached.train_dataloader()))
-    module = DiffusionModule(dict(compose("train", ["model=tiny"]).model), {})
+    module = DiffusionModule(dict(cfg.model), {})
     images = WebDataModule(
         root=str(data_root), synthetic=dict(cfg.data.synthetic), resolution=32, batch_size=128, num_workers=0,
         filters=dict(cfg.data.filters), tokenizer=Tokenizer(),
     )  # fmt: skip
     reference = next(iter(images.train_dataloader()))
     index = [reference["key"].index(k) for k in batch["key"]]
-    x0, text = module.encode_batch({**reference, "image": reference["image"][index],
-                                    "input_ids": reference["input_ids"][index]})  # fmt: skip
-    torch.testing.assert_close(batch["latents"], x0, atol=4e-3, rtol=2e-3)  # float16 storage
-    torch.testing.assert_close(batch["text_states"], text, atol=4e-3, rtol=2e-3)
+    mean, std = module.autoencoder.posterior(to_model_range(reference["image"][index]))
+    torch.testing.assert_close(batch["latent_mean"], mean, atol=1e-5, rtol=1e-5)  # float32 storage
+    torch.testing.assert_close(batch["latent_std"], std, atol=1e-5, rtol=1e-5)
+    text = module.text_encoder(reference["input_ids"][index])
+    torch.testing.assert_close(batch["text_states"], text, atol=1e-5, rtol=1e-5)
 
-    out = launch_module("train").train(
-        compose("train", [*run, f"data.urls={pattern}", "data.decode=latents", "samples.every_n_steps=0"])
-    )
-    assert out["trainer"].global_step == 2
+    # the printed command trains (tests/fullsize runs it); with another resolution it is refused at once
+    command = shlex.split(made["train_command"])
+    assert command[:2] == ["python", "launch/train.py"] and "model.resolution=32" in command
+    given = {o.split("=", 1)[0] for o in command[2:]}
+    rest = [o for o in run if o.split("=", 1)[0] not in given] + ["samples.every_n_steps=0"]
+    assert compose("train", [*rest, *command[2:]]).data.decode == "latents"
+    with pytest.raises(
+        InstantiationException, match="resolution: cache 32, this run 64"
+    ):  # before models load
+        train(compose("train", [*rest, *command[2:], "model.resolution=64"]))
 
 
 def test_command_line_multirun_with_the_wandb_logger(tmp_path, data_root):

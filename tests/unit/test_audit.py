@@ -5,23 +5,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import yaml
 
 from zsnr import audit as audit_mod
+from zsnr.models.sd21_folder import SD21_BASE_SCHEDULER as SD21_BASE  # as stabilityai ships it
 
-# stabilityai/stable-diffusion-2-1-base scheduler/scheduler_config.json
-SD21_BASE = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
 FIXED = {
     "_class_name": "DDIMScheduler",
     "beta_end": 0.012,
@@ -35,6 +24,9 @@ FIXED = {
     "rescale_betas_zero_snr": True,
     "timestep_spacing": "trailing",
 }
+
+
+SD21_SNR_T = 0.068265**2 / (1 - 0.068265**2)  # Table 1 (the sqrt(abar_T) column)
 
 
 def write(tmp_path, config, folder=True):
@@ -111,3 +103,33 @@ def test_cli(tmp_path):
     assert data["starts_at_T"] is False and len(data["flaws"]) == 3
     assert audit_mod.main([str(path)]) == 0
     assert audit_mod.main([str(tmp_path / "missing")]) == 2
+
+
+def _single_file(path, keys=(), yaml_params=None):
+    from safetensors.torch import save_file
+
+    save_file(
+        {"model.diffusion_model.out.2.bias": torch.zeros(4), **{k: torch.tensor([]) for k in keys}}, path
+    )
+    if yaml_params is not None:  # an original-layout inference yaml (no zsnr section)
+        path.with_suffix(".yaml").write_text(yaml.safe_dump({"model": {"params": yaml_params}}))
+    return path
+
+
+def test_single_files_without_yaml_read_their_markers(tmp_path):
+    plain = audit_mod.audit(_single_file(tmp_path / "sd.safetensors"))
+    assert plain.sqrt_abar_T == pytest.approx(0.068265, abs=5e-7)  # Table 1: SD 2.x's betas assumed
+    assert [f.flaw.split(".")[0] for f in plain.flaws] == ["1", "2", "3"]
+    marked = audit_mod.audit(_single_file(tmp_path / "zsnr.safetensors", keys=("v_pred", "ztsnr")))
+    assert marked.terminal_snr == 0.0 and marked.prediction_type == "v_prediction"
+    assert [f.flaw.split(".")[0] for f in marked.flaws] == ["3"]  # no spacing in the file: leading assumed
+    assert any("marker keys: ['v_pred', 'ztsnr']" in n for n in marked.notes)
+
+
+def test_single_file_yaml_without_zsnr_section(tmp_path):
+    v_model = {"parameterization": "v", "linear_start": 0.00085, "linear_end": 0.012}
+    a = audit_mod.audit(_single_file(tmp_path / "v.safetensors", yaml_params=v_model))
+    assert a.prediction_type == "v_prediction" and a.terminal_snr == pytest.approx(SD21_SNR_T, rel=2e-5)
+    assert [f.flaw.split(".")[0] for f in a.flaws] == ["1", "3"]
+    with pytest.raises(FileNotFoundError, match="single-file"):
+        audit_mod.audit(tmp_path / "missing.safetensors")

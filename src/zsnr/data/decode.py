@@ -1,4 +1,4 @@
-"""From a sample's raw bytes to what the model needs: caption, metadata, a uint8 image crop, or latents.
+"""From a sample's raw bytes to what the model needs: caption, metadata, a uint8 image crop (latents: latents.py).
 
 Speed matters here (see tests/bench/bench_data.py). A large JPEG is decoded at 1/2, 1/4 or 1/8 scale by
 PIL's draft mode (the DCT does the shrinking); only the crop window is resampled, by torch's uint8
@@ -22,8 +22,6 @@ from PIL import Image
 from zsnr.data.shards import BadData
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-LATENT_EXTS = ("latent.pth", "latent.npy")
-TEXT_STATE_EXTS = ("text.pth", "text.npy")
 
 
 def to_model_range(image: torch.Tensor) -> torch.Tensor:
@@ -132,19 +130,3 @@ def decode_image(
     if random_flip and rng.random() < 0.5:
         out = out.flip(-1)
     return out.contiguous()
-
-
-def load_tensor(data: bytes, ext: str) -> torch.Tensor:
-    """A .pth (torch.save) or .npy member as a float32 tensor."""
-    if len(data) == 0:
-        raise BadData("empty_member", f"zero-byte .{ext}")
-    try:
-        if ext.endswith("npy"):
-            value = torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
-        else:
-            value = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exn:
-        raise BadData("tensor_decode", f".{ext} does not load: {exn!r}") from None
-    if not isinstance(value, torch.Tensor):
-        raise BadData("tensor_decode", f".{ext} holds a {type(value).__name__}, not a tensor")
-    return value.float()

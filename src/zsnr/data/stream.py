@@ -18,16 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from zsnr.data.decode import (
-    IMAGE_EXTS,
-    LATENT_EXTS,
-    TEXT_STATE_EXTS,
-    decode_image,
-    first_member,
-    load_tensor,
-    read_caption,
-    read_metadata,
-)
+from zsnr.data import latents
+from zsnr.data.decode import IMAGE_EXTS, decode_image, first_member, read_caption, read_metadata
 from zsnr.data.filters import LaionFilter
 from zsnr.data.shards import BadData, ShardPlan, Source, read_shard
 from zsnr.data.stats import DataStats
@@ -199,10 +191,13 @@ class ShardStream(IterableDataset):
                     raise BadData("empty_member", f"zero-byte .{ext}")
                 payload: Any = sample[ext]
             else:
-                lat, txt = first_member(sample, LATENT_EXTS), first_member(sample, TEXT_STATE_EXTS)
-                if lat is None or txt is None:
-                    raise BadData("missing_latent", f"need one of {LATENT_EXTS} and one of {TEXT_STATE_EXTS}")
-                payload = (lat, sample[lat], txt, sample[txt])
+                payload = sample.get(latents.MEMBER)
+                if payload is None:
+                    raise BadData(
+                        "missing_latent",
+                        f"no .{latents.MEMBER} member among {sorted(k for k in sample if not k.startswith('__'))} "
+                        "(launch/encode_latents.py writes them)",
+                    )
             meta = read_metadata(sample, required=self.decode == "images" and self.filters.needs_metadata)
             caption = read_caption(sample, meta)
         except BadData as exn:
@@ -243,8 +238,7 @@ class ShardStream(IterableDataset):
 
     def _decode(self, record: dict[str, Any], g: int) -> dict[str, Any]:
         if self.decode == "latents":
-            lat_ext, lat, txt_ext, txt = record["payload"]
-            return {**record, "latents": load_tensor(lat, lat_ext), "text_states": load_tensor(txt, txt_ext)}
+            return {**record, **latents.decode_sample(record["payload"])}
         ordinal, index = record["cursor"]
         rng = random.Random(f"zsnr-augment/{self.seed}/{g}/{ordinal}/{index}")
         image = decode_image(record["payload"], self.resolution, self.random_crop, self.random_flip, rng)
@@ -254,7 +248,11 @@ class ShardStream(IterableDataset):
         self, items: list[dict[str, Any]], stats: DataStats, resume: dict[str, Any]
     ) -> dict[str, Any]:
         batch: dict[str, Any] = {"key": [i["key"] for i in items], "caption": [i["caption"] for i in items]}
-        names = ("latents", "text_states") if self.decode == "latents" else ("image",)
+        names = (
+            [n for n in latents.BATCH_KEYS.values() if n in items[0]]
+            if self.decode == "latents"
+            else ["image"]
+        )
         for name in names:
             batch[name] = torch.stack([i[name] for i in items])
         if self.tokenizer is not None:

@@ -1,10 +1,11 @@
 """Autoencoders between images in [-1, 1] and the diffusion space the UNet works in.
 
-Both classes share one small interface: `encode(images) -> x0` (already multiplied by `scaling_factor`, i.e.
-the x0 the diffusion adds noise to), `decode(x0) -> images`, and `latent_channels` / `downsample`.
+Both classes share one small interface, in the diffusion space (already multiplied by `scaling_factor`):
+`posterior(images) -> (mean, std)`, `encode(images) -> mean`, `decode(x0) -> images`, and `latent_channels` /
+`downsample`. Training draws x0 = mean + std * eps (`sample_posterior`) with each step's generator, as Stable
+Diffusion was trained (a fresh posterior sample every step); img2img starts from the mean.
 
 - `KLAutoencoder` wraps diffusers' `AutoencoderKL` (SD 2.x: 4 channels, 8x down, scaling factor 0.18215).
-  It encodes to the posterior *mean*: deterministic, so a latent cache gives exactly the training inputs.
 - `IdentityAutoencoder` is pixel space: no weights, scaling factor 1. With `patch_size` p > 1 it folds p x p
   pixel patches into channels (`pixel_unshuffle`), a permutation of the pixels, so Gaussian noise there is
   Gaussian noise on the pixels and the diffusion is still exactly pixel-space diffusion, only the UNet sees
@@ -16,6 +17,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+SD_SCALING_FACTOR = 0.18215  # SD 1.x / 2.x latents have about unit variance after this factor
+
+
+def sample_posterior(
+    mean: torch.Tensor, std: torch.Tensor | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """x0 = mean + std * eps, eps ~ N(0, I) from `generator` (float32); the mean itself where std is None."""
+    if std is None:
+        return mean.float()
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+    return mean.float() + std.float() * noise
 
 
 class IdentityAutoencoder(nn.Module):
@@ -35,6 +48,9 @@ class IdentityAutoencoder(nn.Module):
     @property
     def downsample(self) -> int:
         return self.patch_size
+
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.encode(images), None  # no noise: pixel space is exact
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(images, self.patch_size) if self.patch_size > 1 else images
@@ -60,6 +76,10 @@ class KLAutoencoder(nn.Module):
     def downsample(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(images).latent_dist  # log-variance clamped to [-30, 20] by diffusers
+        return dist.mean * self.scaling_factor, dist.std * self.scaling_factor
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(images).latent_dist.mean * self.scaling_factor
 
@@ -83,6 +103,6 @@ def tiny_kl_autoencoder(
         layers_per_block=1,
         latent_channels=latent_channels,
         norm_num_groups=min(8, block_out_channels[0]),
-        scaling_factor=0.18215,
+        scaling_factor=SD_SCALING_FACTOR,
     )
     return KLAutoencoder(vae)

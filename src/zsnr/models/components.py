@@ -11,6 +11,7 @@ Kinds:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from zsnr.models.autoencoders import IdentityAutoencoder, KLAutoencoder, tiny_kl_autoencoder
+from zsnr.models.autoencoders import (
+    SD_SCALING_FACTOR,
+    IdentityAutoencoder,
+    KLAutoencoder,
+    tiny_kl_autoencoder,
+)
 from zsnr.models.files import load_state_dict, require_dir, require_file
 from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, Tokenizer, load_open_clip_text
 from zsnr.models.unet import SD21_UNET, SD21_V_UNET, build_unet, configure_unet, tiny_unet_config
@@ -33,7 +39,7 @@ SD21_VAE: dict[str, Any] = {
     "layers_per_block": 2,
     "latent_channels": 4,
     "norm_num_groups": 32,
-    "scaling_factor": 0.18215,
+    "scaling_factor": SD_SCALING_FACTOR,
 }
 DIFFUSERS_HINT = "the diffusers folder of stabilityai/stable-diffusion-2-1-base (or -2-1 for 768 px)"
 ORIGINAL_HINT = "v2-1_512-ema-pruned.safetensors (or v2-1_768-ema-pruned.safetensors) from stabilityai"
@@ -65,11 +71,47 @@ def check_model_files(spec: dict[str, Any]) -> None:
         require_file(spec["open_clip_weights"], "model.open_clip_weights", "OpenCLIP ViT-H/14 weights")
 
 
-def build_components(spec: dict[str, Any], pretrained_unet: bool = True) -> Components:
-    """`pretrained_unet=False` builds the UNet from its config only (its weights then come from a checkpoint)."""
+def encoder_signature(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the frozen encoders' outputs depend on: the key of a latent cache (zsnr.data.latents). Cheap (reads
+    at most vae/config.json), so a run can refuse a cache before any model loads. The UNet's settings are left
+    out: any UNet trains on the same cache."""
+    check_model_files(spec)
+    kind = spec["kind"]
+    if kind == "tiny":
+        autoencoder = {"kind": "kl", **spec.get("autoencoder", {})}
+        model = {"kind": kind, "init_seed": int(spec.get("init_seed", 0)), "autoencoder": autoencoder,
+                 "text_encoder": dict(spec.get("text_encoder", {}))}  # fmt: skip
+        scaling = (
+            IdentityAutoencoder.scaling_factor if autoencoder["kind"] == "identity" else SD_SCALING_FACTOR
+        )
+    elif kind == "diffusers":
+        from diffusers import AutoencoderKL
+
+        path = Path(spec["path"]).expanduser().resolve()
+        model = {"kind": kind, "path": str(path), "text_encoder": spec.get("text_encoder", "transformers")}
+        default = inspect.signature(AutoencoderKL.__init__).parameters["scaling_factor"].default
+        scaling = AutoencoderKL.load_config(path, subfolder="vae").get("scaling_factor", default)
+    else:
+        model = {"kind": kind, "checkpoint": str(Path(spec["checkpoint"]).expanduser().resolve())}
+        scaling = SD21_VAE["scaling_factor"]
+    if spec.get("open_clip_weights"):
+        model["open_clip_weights"] = str(Path(spec["open_clip_weights"]).expanduser().resolve())
+    return {"model": model, "resolution": int(spec["resolution"]), "scaling_factor": float(scaling)}
+
+
+def build_components(
+    spec: dict[str, Any], pretrained_unet: bool = True, empty_unet: bool = False
+) -> Components:
+    """`pretrained_unet=False` builds the UNet from its config only (randomly initialised: its weights then come
+    from elsewhere); `empty_unet=True` leaves it on the meta device instead (no memory, no initialisation), to
+    be filled with `load_state_dict(weights, assign=True)`."""
+    if empty_unet and pretrained_unet:
+        raise ValueError(
+            "empty_unet=True builds the UNet without weights: pass pretrained_unet=False with it"
+        )
     check_model_files(spec)
     builders = {"tiny": _tiny, "diffusers": _diffusers, "original": _original}
-    parts = builders[spec["kind"]](spec, pretrained_unet)
+    parts = builders[spec["kind"]](spec, pretrained_unet, empty_unet)
     configure_unet(
         parts.unet,
         spec.get("attention", "sdpa"),
@@ -81,7 +123,7 @@ def build_components(spec: dict[str, Any], pretrained_unet: bool = True) -> Comp
     return parts
 
 
-def _tiny(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+def _tiny(spec: dict[str, Any], pretrained_unet: bool, empty_unet: bool) -> Components:
     ae, te = dict(spec.get("autoencoder", {})), dict(spec.get("text_encoder", {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec.get("init_seed", 0)))
@@ -99,19 +141,20 @@ def _tiny(spec: dict[str, Any], pretrained_unet: bool) -> Components:
                 cross_attention_dim=text_encoder.hidden_size,
                 sample_size=resolution // autoencoder.downsample,
                 **spec.get("unet", {}),
-            )
+            ),
+            empty=empty_unet,
         )
     return Components(unet, autoencoder, text_encoder, Tokenizer(), resolution, frozen_from_files=False)
 
 
-def _diffusers(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+def _diffusers(spec: dict[str, Any], pretrained_unet: bool, empty_unet: bool) -> Components:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     path = Path(spec["path"]).expanduser()
     if pretrained_unet:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
     else:
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path, subfolder="unet"))
+        unet = build_unet(UNet2DConditionModel.load_config(path, subfolder="unet"), empty=empty_unet)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
     if spec.get("text_encoder", "transformers") == "transformers":
         from transformers import CLIPTextModel
@@ -125,13 +168,13 @@ def _diffusers(spec: dict[str, Any], pretrained_unet: bool) -> Components:
     )
 
 
-def _original(spec: dict[str, Any], pretrained_unet: bool) -> Components:
+def _original(spec: dict[str, Any], pretrained_unet: bool, empty_unet: bool) -> Components:
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     state = load_state_dict(spec["checkpoint"])
     unet_config = SD21_V_UNET if spec.get("variant", "base") == "v" else SD21_UNET
-    unet = build_unet(unet_config)
+    unet = build_unet(unet_config, empty=empty_unet)
     if pretrained_unet:
         unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config))
     vae = AutoencoderKL(**SD21_VAE)

@@ -13,6 +13,8 @@ so nothing is ever downloaded.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -127,3 +129,28 @@ def load_open_clip_text(
     encoder = OpenCLIPTextEncoder(**(arch or VIT_H14_TEXT))
     encoder.load_text_weights(state, source=str(path))
     return encoder
+
+
+def write_bpe_files(tokenizer: Tokenizer, folder: Path) -> tuple[Path, Path]:
+    """vocab.json and merges.txt (the files of stabilityai's tokenizer/ folders) from open_clip's bundled BPE."""
+    bpe = tokenizer._bpe
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {specials.get(k, k): v for k, v in bpe.encoder.items()}
+    merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda kv: kv[1])]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder / "vocab.json", folder / "merges.txt"
+
+
+def clip_tokenizer(tokenizer: Tokenizer):
+    """transformers CLIPTokenizer with the BPE that open_clip bundles, padding with "!" = id 0 as open_clip does
+    (stabilityai's SD 2.x tokenizer does the same). One known difference, shared with stabilityai's folders: a
+    "!" in a prompt becomes the pad token (id 0) instead of "!</w>" (id 256)."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab, merges = write_bpe_files(tokenizer, Path(tmp))
+        return CLIPTokenizer(
+            vocab=str(vocab), merges=str(merges), pad_token="!", model_max_length=tokenizer.context_length
+        )

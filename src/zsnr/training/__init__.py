@@ -2,7 +2,12 @@
 
 from zsnr.training.batching import BatchPlan, plan_batches, world_size
 from zsnr.training.callbacks import NonFiniteGuard, SampleGrid, TrainMetrics
-from zsnr.training.checkpointing import AtomicCheckpoint, newest_checkpoint, resolve_resume
+from zsnr.training.checkpointing import (
+    AtomicCheckpoint,
+    StreamingCheckpointIO,
+    newest_checkpoint,
+    resolve_resume,
+)
 from zsnr.training.ema import ema_decay, ema_update_
 from zsnr.training.inference import InferenceModel, load_for_inference
 from zsnr.training.module import DiffusionModule
@@ -14,6 +19,7 @@ __all__ = [
     "InferenceModel",
     "NonFiniteGuard",
     "SampleGrid",
+    "StreamingCheckpointIO",
     "TrainMetrics",
     "ema_decay",
     "ema_update_",

@@ -8,6 +8,10 @@ Each checkpoint is written to a temporary name and renamed into place (an atomic
 systems); `last.ckpt` is then swapped by renaming a fresh symlink over it. A crash at any moment leaves either
 the old or the new `last`, both complete. Under sharded strategies the checkpoint path is a directory, which is
 renamed the same way.
+
+`StreamingCheckpointIO` writes a checkpoint straight to its (temporary) file and memory-maps it on load.
+Lightning's default `TorchCheckpointIO` serialises the whole checkpoint into a BytesIO first, which for SD 2.1
+(UNet, EMA and AdamW moments: 12.9 GB) doubles the host memory a save needs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 LAST = "last.ckpt"
@@ -53,6 +58,51 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], *n["gauss"]))
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """torch.save straight to the path (no in-memory copy), torch.load(mmap=True) on load.
+
+    Atomicity comes from AtomicCheckpoint, which saves to a temporary name and renames it into place. Loading
+    maps the file twice: Lightning keeps the optimizer states (AdamW moments) alive after it has copied the
+    weights into the model, and a tensor keeps its whole mapping alive, so from one mapping the weights' pages,
+    once read, would stay resident for the rest of the run. From their own mapping they go with the dict.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        if "://" in str(path):
+            raise ValueError(f"checkpoints are written to local paths only, got {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        checkpoint = load_mapped(path, map_location, weights_only)
+        if "optimizer_states" in checkpoint:
+            checkpoint["optimizer_states"] = load_mapped(path, map_location, weights_only)["optimizer_states"]
+        return checkpoint
+
+
+def load_mapped(path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
+    """torch.load with the tensors memory-mapped (copy-on-write) from the file: only what is used is read."""
+    try:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=weights_only, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        raise ValueError(
+            f"{path} cannot be memory-mapped ({err}); it was written with torch.save's legacy format. Load it "
+            "once with torch.load and save it again with torch.save (the zip format, the default since torch 1.6)"
+        ) from err
 
 
 class AtomicCheckpoint(pl.Callback):

@@ -20,6 +20,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from zsnr.data import to_model_range
 from zsnr.diffusion import add_noise, loss_weights, snr, v_target
 from zsnr.models import build_components
+from zsnr.models.autoencoders import sample_posterior
 from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
 from zsnr.models.unet import input_memory_format
@@ -89,7 +90,7 @@ class DiffusionModule(pl.LightningModule):
     # -- the training step -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         g = self._step_generator()  # a function of (seed, rank, micro-step): resumes exactly
-        x0, text = self.encode_batch(batch)  # frozen encoders, or the precomputed latent cache
+        x0, text = self.encode_batch(batch, g)  # a posterior sample, from the frozen encoders or the cache
         b, dev = x0.shape[0], x0.device
         drop = torch.rand(b, generator=g, device=dev) < self.hparams.caption_dropout
         text = torch.where(drop[:, None, None], self.empty_text_state().to(text.dtype), text)  # for CFG
@@ -139,15 +140,21 @@ class DiffusionModule(pl.LightningModule):
         return self._frozen
 
     @torch.no_grad()
-    def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0, text states): from the latent cache when the batch has one, else through the frozen encoders."""
-        if "latents" in batch:
-            return batch["latents"].float(), batch["text_states"]
-        x0 = self.autoencoder.encode(to_model_range(batch["image"]))
-        ids = batch.get("input_ids")
-        if ids is None:
-            ids = self.tokenizer(batch["caption"])
-        return x0.float(), self.text_encoder(ids.to(self.device))
+    def encode_batch(
+        self, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, text states). x0 is drawn from the VAE posterior with `generator` (the step's: the draw comes
+        first, so the cache and the encoders give the same x0), from the latent cache when the batch has one
+        (zsnr.data.latents), else from the frozen autoencoder; pixel space has no posterior noise."""
+        if "latent_mean" in batch:
+            mean, std, text = batch["latent_mean"], batch.get("latent_std"), batch["text_states"]
+        else:
+            mean, std = self.autoencoder.posterior(to_model_range(batch["image"]))
+            ids = batch.get("input_ids")
+            text = self.text_encoder(
+                (self.tokenizer(batch["caption"]) if ids is None else ids).to(self.device)
+            )
+        return sample_posterior(mean, std, generator), text
 
     @torch.no_grad()
     def empty_text_state(self) -> torch.Tensor:

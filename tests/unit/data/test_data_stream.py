@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from zsnr.data import LaionFilter, ShardStream, parse_sources, to_model_range, write_shards
+from zsnr.data import LaionFilter, ShardStream, latents, parse_sources, to_model_range, write_shards
 
 
 def stream(urls, **kwargs) -> ShardStream:
@@ -102,20 +102,21 @@ def test_resampled_stream_is_endless_and_epoch_length_splits_it(three_shards):
         assert len(batches) == 96 // (2 * 8)
 
 
-def test_latent_shards(tmp_path):
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_latent_shards(tmp_path, dtype):
+    g = torch.Generator().manual_seed(0)
     samples = []
     for i in range(10):
-        ext = "npy" if i % 2 else "pth"
-        lat, txt = (
-            rng.standard_normal((4, 8, 8)).astype(np.float32),
-            rng.standard_normal((7, 16)).astype(np.float32),
+        mean, std, text = (
+            torch.randn(4, 8, 8, generator=g),
+            torch.rand(4, 8, 8, generator=g),
+            torch.randn(7, 16),
         )
-        value = (lambda a: a) if ext == "npy" else torch.from_numpy
-        samples.append({"__key__": f"{i:03d}", f"latent.{ext}": value(lat), "text.pth": torch.from_numpy(txt),
-                        "txt": "" if i == 3 else f"caption {i}", "_lat": lat})  # fmt: skip
+        member = latents.encode_sample(mean, std, text, dtype)
+        samples.append({"__key__": f"{i:03d}", latents.MEMBER: member, "txt": "" if i == 3 else f"caption {i}",
+                        "_posterior": (mean, std, text)})  # fmt: skip
     write_shards(
-        ({k: v for k, v in s.items() if k != "_lat"} for s in samples),
+        ({k: v for k, v in s.items() if k != "_posterior"} for s in samples),
         str(tmp_path / "l-%03d.tar"),
         4,
         progress=False,
@@ -124,11 +125,26 @@ def test_latent_shards(tmp_path):
     batches = read_all(stream(urls, decode="latents", batch_size=3, shuffle_buffer=0), 0)
     keys = [k for b in batches for k in b["key"]]
     assert sorted(keys) == [f"{i:03d}" for i in range(10) if i != 3]  # no caption: rejected, no json needed
-    assert batches[0]["latents"].shape == (3, 4, 8, 8) and batches[0]["text_states"].shape == (3, 7, 16)
-    latents = torch.cat([b["latents"] for b in batches])
-    for key, latent in zip(keys, latents, strict=True):
-        assert torch.equal(latent, torch.from_numpy(samples[int(key)]["_lat"]))
-    assert "image" not in batches[0]
+    assert batches[0]["latent_mean"].shape == batches[0]["latent_std"].shape == (3, 4, 8, 8)
+    assert batches[0]["text_states"].shape == (3, 7, 16) and "image" not in batches[0]
+    rounded = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    names = ("latent_mean", "latent_std", "text_states")
+    for name, stored in zip(names, (torch.cat([b[n] for b in batches]) for n in names), strict=True):
+        for key, value in zip(keys, stored, strict=True):
+            original = samples[int(key)]["_posterior"][names.index(name)]
+            assert value.dtype == torch.float32 and torch.equal(value, original.to(rounded).float())
+
+
+def test_a_sample_without_a_posterior_is_bad_data(tmp_path):
+    good = latents.encode_sample(torch.zeros(4, 2, 2), torch.ones(4, 2, 2), torch.zeros(3, 8), "float32")
+    old = {"__key__": "old", "latent.npy": np.zeros((4, 2, 2), np.float32), "txt": "x"}  # a mean-only cache
+    write_shards([old, {"__key__": "new", latents.MEMBER: good, "txt": "y"}], str(tmp_path / "c-%03d.tar"),
+                 progress=False)  # fmt: skip
+    batches = read_all(
+        stream(str(tmp_path / "c-000.tar"), decode="latents", batch_size=1, max_bad_fraction=1), 0
+    )
+    assert [b["key"] for b in batches] == [["new"]]
+    assert sum((Counter(b["stats"]) for b in batches), Counter())["bad/missing_latent"] == 1
 
 
 def test_tokenizer_runs_in_the_worker(six_shards):

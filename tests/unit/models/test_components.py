@@ -75,6 +75,12 @@ def test_diffusers_folder_loads_offline(tmp_path):
     assert parts.text_encoder(ids).shape == (1, 77, 32)
     fresh = build_components(spec, pretrained_unet=False)  # config only: weights come from a checkpoint
     assert fresh.unet.config.block_out_channels == tiny.unet.config.block_out_channels
+    empty = build_components(spec, pretrained_unet=False, empty_unet=True)  # no memory until assigned
+    assert all(p.is_meta for p in empty.unet.parameters()) and not any(
+        p.is_meta for p in fresh.unet.parameters()
+    )
+    with pytest.raises(ValueError, match="pretrained_unet=False"):
+        build_components(spec, empty_unet=True)
 
 
 def test_missing_weights_fail_early_with_what_to_download(tmp_path):

@@ -9,6 +9,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 from training_helpers import TINY_SPEC, ZERO_SNR, brightness_batch
 
+from zsnr.data import to_model_range
 from zsnr.training import DiffusionModule
 
 FLAWED = {"betas": "scaled_linear", "rescale_zero_terminal_snr": False, "prediction_type": "epsilon"}
@@ -20,6 +21,14 @@ class ZeroUNet(nn.Module):
     def forward(self, x, t, encoder_hidden_states):
         self.seen = (x.detach(), t.detach(), encoder_hidden_states.detach())
         return SimpleNamespace(sample=torch.zeros_like(x))
+
+
+def _step_x0(module, batch):
+    """x0 as the last training_step drew it: encode_batch with that step's generator."""
+    module.micro_step -= 1
+    generator = module._step_generator()
+    module.micro_step += 1
+    return module.encode_batch(batch, generator)[0]
 
 
 def _reference_abar(rescale: bool) -> torch.Tensor:
@@ -36,7 +45,7 @@ def test_loss_is_mse_to_the_closed_form_target(diffusion):
     batch = brightness_batch(16)
     out = module.training_step(batch, 0)
     x_t, t, _ = module.unet.seen
-    x0, _ = module.encode_batch(batch)
+    x0 = _step_x0(module, batch)
     sched, abar = _reference_abar(diffusion["rescale_zero_terminal_snr"])
     a = abar[t].view(-1, 1, 1, 1)
     eps = (x_t.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()  # the noise the step drew
@@ -58,7 +67,7 @@ def test_last_timestep_is_pure_noise_and_v_is_minus_x0():
     module._abar = torch.zeros_like(module._abar)  # every drawn t behaves like t = T-1
     batch = brightness_batch(8)
     out = module.training_step(batch, 0)
-    x0, _ = module.encode_batch(batch)
+    x0 = _step_x0(module, batch)
     torch.testing.assert_close(out["per_sample_loss"], x0.square().mean(dim=(1, 2, 3)))
 
 
@@ -66,7 +75,7 @@ def test_timesteps_cover_the_whole_range():
     module = DiffusionModule(TINY_SPEC, ZERO_SNR)
     module.unet = ZeroUNet()
     seen = []
-    batch = {"latents": torch.zeros(256, 4, 16, 16), "text_states": torch.zeros(256, 77, 32)}
+    batch = {"latent_mean": torch.zeros(256, 4, 16, 16), "text_states": torch.zeros(256, 77, 32)}
     for _ in range(40):
         module.training_step(batch, 0)
         seen.append(module.unet.seen[1])
@@ -86,19 +95,29 @@ def test_caption_dropout_uses_the_empty_prompt():
         torch.testing.assert_close(text, (empty.expand_as(captions) if expect_empty else captions))
 
 
-def test_latent_cache_batches_skip_the_encoders():
+def test_x0_is_a_posterior_sample_and_the_cache_draws_the_same():
     module = DiffusionModule(TINY_SPEC, ZERO_SNR)
     images = brightness_batch(4)
-    x0, text = module.encode_batch(images)
-    cached = {"latents": x0.half(), "text_states": text.half(), "caption": images["caption"]}
-    x0_c, text_c = module.encode_batch(cached)
-    torch.testing.assert_close(x0_c, x0, atol=2e-3, rtol=1e-3)
-    assert text_c.shape == text.shape
+    pixels = to_model_range(images["image"])
+
+    def generator():
+        return torch.Generator().manual_seed(5)
+
+    x0, text = module.encode_batch(images, generator())
+    # diffusers draws the same sample from the same generator (SD trains on samples, not on the mean)
+    reference = module.autoencoder.vae.encode(pixels).latent_dist.sample(generator=generator()) * 0.18215
+    torch.testing.assert_close(x0, reference, rtol=1e-5, atol=1e-6)
+    mean, std = module.autoencoder.posterior(pixels)
+    z = (x0 - mean) / std  # standard normal if x0 is a posterior sample
+    assert abs(float(z.mean())) < 0.1 and 0.9 < float(z.std()) < 1.1
+    cached = {"latent_mean": mean, "latent_std": std, "text_states": text, "caption": images["caption"]}
+    x0_cached, text_cached = module.encode_batch(cached, generator())
+    assert torch.equal(x0_cached, x0) and torch.equal(text_cached, text)  # the encoders were skipped
 
 
 def test_non_finite_loss_returns_none():
     module = DiffusionModule(TINY_SPEC, ZERO_SNR)
-    batch = {"latents": torch.full((2, 4, 16, 16), float("nan")), "text_states": torch.zeros(2, 77, 32)}
+    batch = {"latent_mean": torch.full((2, 4, 16, 16), float("nan")), "text_states": torch.zeros(2, 77, 32)}
     assert module.training_step(batch, 0) is None
 
 
