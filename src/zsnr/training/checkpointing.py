@@ -92,6 +92,24 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
+def checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
+    """A zsnr checkpoint file from a .ckpt path, a run directory or its checkpoints/ folder (their newest)."""
+    path = Path(path).expanduser()
+    if path.is_dir() and not path.name.endswith(".ckpt"):
+        found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{what} {path}: no checkpoint in it or in {path / 'checkpoints'}")
+        path = found
+    if path.is_dir():
+        raise ValueError(
+            f"{what} {path} is a directory (a sharded checkpoint); consolidate it into one file first "
+            "(python -m lightning_fabric.utilities.consolidate_checkpoint, see the README's FSDP section)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    return path
+
+
 def load_mapped(path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
     """torch.load with the tensors memory-mapped (copy-on-write) from the file: only what is used is read."""
     try:

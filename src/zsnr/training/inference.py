@@ -12,7 +12,7 @@ from torch import nn
 from zsnr.models import Tokenizer, build_components
 from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
-from zsnr.training.checkpointing import load_mapped
+from zsnr.training.checkpointing import checkpoint_file, load_mapped
 
 
 @dataclass
@@ -43,7 +43,8 @@ def load_for_inference(
     use_ema: bool = True,
     model_overrides: dict[str, Any] | None = None,
 ) -> InferenceModel:
-    """Rebuild the model parts of a zsnr checkpoint with the schedule it was trained with.
+    """Rebuild the model parts of a zsnr checkpoint (a .ckpt file, or a run directory: its newest) with the
+    schedule it was trained with.
 
     The UNet comes from the checkpoint (EMA by default); the autoencoder and text encoder from the checkpoint
     when they were random (model=tiny), else from the paths in the saved model config. `model_overrides`
@@ -52,12 +53,7 @@ def load_for_inference(
     optimizer state), and the UNet's parameters are the mapped tensors themselves (copy-on-write), so SD 2.1's
     3.5 GB UNet is never copied on the CPU.
     """
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir():
-        raise ValueError(
-            f"{path} is a directory (a sharded checkpoint); consolidate it into one file first "
-            "(see the README's multi-node section) or pass a .ckpt file"
-        )
+    path = checkpoint_file(ckpt_path)
     ckpt = load_mapped(path)
     if "hyper_parameters" not in ckpt or "zsnr" not in ckpt:
         raise ValueError(f"{path} is not a zsnr training checkpoint (no hyper_parameters / zsnr entries)")

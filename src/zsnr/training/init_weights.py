@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from zsnr.models.files import load_state_dict
-from zsnr.training.checkpointing import newest_checkpoint
+from zsnr.training.checkpointing import checkpoint_file, load_mapped
 
 log = logging.getLogger("zsnr.init")
 WEIGHTS = ("ema", "raw")
@@ -28,34 +29,6 @@ class InitWeights:
     unet: dict[str, torch.Tensor]
     frozen: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # random frozen parts (tiny)
     description: str = ""
-
-
-def checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
-    """A zsnr checkpoint file from a .ckpt path, a run directory or its checkpoints/ folder (their newest)."""
-    path = Path(path).expanduser()
-    if path.is_dir() and not path.name.endswith(".ckpt"):
-        found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{what} {path}: no checkpoint in it or in {path / 'checkpoints'}")
-        path = found
-    if path.is_dir():
-        raise ValueError(
-            f"{what} {path} is a directory (a sharded checkpoint); consolidate it into one file first "
-            "(python -m lightning_fabric.utilities.consolidate_checkpoint, see the README's FSDP section)"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path}: no such file")
-    return path
-
-
-def read_checkpoint(path: Path) -> dict:
-    """torch.load(weights_only=True) memory-mapped: only the tensors that are used are read from disk."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise ValueError(
-            f"{path} could not be read as a zsnr checkpoint ({type(err).__name__}: {err})"
-        ) from err
 
 
 def load_init_weights(source: str | Path, weights: str = "ema") -> InitWeights:
@@ -76,7 +49,12 @@ def load_init_weights(source: str | Path, weights: str = "ema") -> InitWeights:
             _diffusers_unet(unet_dir), description=f"the UNet of the diffusers folder {unet_dir}"
         )
     ckpt_path = checkpoint_file(path, "init_from")
-    ckpt = read_checkpoint(ckpt_path)
+    try:
+        ckpt = load_mapped(ckpt_path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"init_from={source}: {ckpt_path} could not be read as a zsnr checkpoint ({err})"
+        ) from err
     if "state_dict" not in ckpt or "zsnr" not in ckpt:
         raise ValueError(
             f"init_from={ckpt_path} is not a zsnr training checkpoint (no state_dict / zsnr entries)"
