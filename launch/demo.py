@@ -1,7 +1,8 @@
 """The paper in miniature: `python launch/demo.py` (what `make demo` runs). See configs/demo.yaml.
 
-Makes the synthetic shards, trains a flawed and a fixed tiny model per seed with launch/train.py, samples
-both with the same seeds, and writes outputs/demo/report.md, metrics.json, histograms and grids.
+Makes the synthetic shards, pretrains one flawed base model (reused when already trained), fine-tunes it as
+`flawed` and `fixed` for each seed with launch/train.py, samples every model with the same seeds, and writes
+outputs/demo/report.md, metrics.json, histograms and labelled grids.
 """
 
 from __future__ import annotations
@@ -17,19 +18,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import mean_brightness
-from zsnr.evaluation.demo import (
-    data_brightness,
-    measure,
-    sample_sets,
-    sampler_checks,
-    save_samples,
-    summarize,
-    train_run,
-)
+from zsnr.evaluation.demo import TrainJob, data_reference, sample_models, train_runs
+from zsnr.evaluation.demo_metrics import demo_checks, measure, summarize
 from zsnr.evaluation.demo_report import save_grid, write_report
-from zsnr.sampling import SamplingSettings
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
+PROTOCOL = (
+    "The paper's protocol (section 5) in miniature. A tiny text-conditioned pixel-space UNet is pretrained "
+    "once with Stable Diffusion's flawed recipe (SD's schedule, SNR(T) = 0.0047, epsilon-prediction): the "
+    "**base**, a miniature SD 2.1-base (`experiment=demo_base`, {base_steps} steps, seed {base_seed}). Copies of "
+    "it are fine-tuned ({steps} steps, batch {batch}, seeds {seeds}, `init_from=` the base's EMA) on the same "
+    "data with the same steps and seeds in two ways: **flawed** (`experiment=demo_flawed`: the same recipe "
+    "continued; sampled with leading steps and plain CFG) and **fixed** (`experiment=demo_fixed`: all four fixes "
+    "together: the schedule rescaled to zero terminal SNR, v-prediction with the v-loss, trailing steps, CFG "
+    "rescale phi = 0.7). The two fine-tunes differ only in the diffusion config; one fix at a time is what "
+    "`make paper` measures. Data: {resolution} px synthetic shapes on backgrounds from black to white, captions "
+    "that say so. The models work in pixel space ({patch}x{patch} pixel patches folded into channels, no "
+    "autoencoder), so brightness is measured on exactly what the diffusion produced. Sampling: {sampler}, "
+    "{num_steps} steps, w = {w} for prompts; unconditional: empty prompt, no guidance; the same seeds for every "
+    "model."
+)
 
 
 def training_config(run_dir: Path) -> DictConfig:
@@ -43,52 +51,65 @@ def demo(cfg: DictConfig) -> Path:
     start = time.time()
     out = Path(cfg.out_dir)
     prompt_sets = {k: list(v) for k, v in cfg.prompt_sets.items()}
-    overrides = [f"max_steps={cfg.train_steps}", f"data.root={out / 'data'}", *cfg.train_overrides]
-    runs = {variant: {} for variant in cfg.variants}
-    images = {variant: {} for variant in cfg.variants}
-    for seed in cfg.seeds:
-        for variant, experiment in cfg.variants.items():
-            ckpt = train_run(experiment, seed, out / "runs" / f"{variant}_seed{seed}", overrides)
-            runs[variant][seed] = ckpt
-    # the data's brightness, read through the training datamodule (both variants read the same data)
-    train_cfg = training_config(next(iter(runs.values()))[cfg.seeds[0]].parents[1])
+    common = [f"data.root={out / 'data'}", *cfg.train_overrides]
+    base = TrainJob("base", cfg.base.experiment, cfg.base.seed, out / "runs" / "base",
+                    (f"max_steps={cfg.base.steps}", *common))  # fmt: skip
+    base_ckpt = train_runs([base], cores=cfg.cores)["base"]
+    jobs = [
+        TrainJob(f"{variant}_seed{seed}", experiment, seed, out / "runs" / f"{variant}_seed{seed}",
+                 (f"max_steps={cfg.finetune_steps}", f"init_from='{base_ckpt}'", "init_weights=ema", *common))
+        for seed in cfg.seeds for variant, experiment in cfg.variants.items()
+    ]  # fmt: skip
+    ckpts = train_runs(jobs, parallel=cfg.parallel, cores=cfg.cores)
+
+    train_cfg = training_config(base.run_dir)  # every run reads the same data
     train_cfg.data.resampled, train_cfg.data.num_workers, train_cfg.data.shuffle_buffer = False, 0, 0
-    data = data_brightness(instantiate(train_cfg.data), prompt_sets)
+    train_cfg.data.epoch_length = None
+    data = data_reference(instantiate(train_cfg.data), prompt_sets)
 
-    from zsnr.training import load_for_inference
+    sampling = OmegaConf.to_container(cfg.sampling)
+    checks = OmegaConf.to_container(cfg.sampler_checks)
+    models = {"base": base_ckpt} | {job.name: ckpts[job.name] for job in jobs}
+    samples = sample_models(
+        {name: dict(ckpt=ckpt, sampling=sampling, prompt_sets=prompt_sets,
+                    checks=[] if name == "base" else checks, folder=out / "samples" / name)
+         for name, ckpt in models.items()},
+        parallel=cfg.parallel, cores=cfg.cores,
+    )  # fmt: skip
 
+    runs = {"base": {cfg.base.seed: measure(samples["base"], data)}}
+    runs |= {variant: {seed: measure(samples[f"{variant}_seed{seed}"], data) for seed in cfg.seeds}
+             for variant in cfg.variants}  # fmt: skip
+    metrics = summarize(data, runs)
+    checks_ = demo_checks(metrics, list(cfg.extremes), list(cfg.colour_sets), **cfg.thresholds)
+    brightness = {"data": {k: mean_brightness(to_model_range(x)) for k, x in data.items()}}
+    for model in runs:
+        names = ["base"] if model == "base" else [f"{model}_seed{s}" for s in cfg.seeds]
+        brightness[model] = {
+            k: torch.cat([mean_brightness(to_model_range(samples[n][k])) for n in names]) for k in data
+        }
+    first = {"base": "base"} | {v: f"{v}_seed{cfg.seeds[0]}" for v in cfg.variants}
+    grids = {
+        model: save_grid({k: samples[name][k] for k in data}, out / f"grid_{model}.png", prompt_sets)
+        for model, name in first.items()
+    }
     s = cfg.sampling
-    metrics_runs = {variant: {} for variant in cfg.variants}
-    brightness = {"data": data}
-    for variant, per_seed in runs.items():
-        pooled: dict[str, list[torch.Tensor]] = {}
-        for seed, ckpt in per_seed.items():
-            model = load_for_inference(ckpt)
-            settings = SamplingSettings(
-                sampler=s.sampler, num_steps=s.num_steps, spacing=model.schedule.spacing,
-                guidance_scale=s.guidance_scale, guidance_rescale=model.schedule.guidance_rescale,
-            )  # fmt: skip
-            print(f"\nsampling {variant} seed {seed}: {settings}", flush=True)
-            sets = sample_sets(
-                model, settings, prompt_sets, s.unconditional_images, s.images_per_prompt, s.batch_size
-            )
-            save_samples(sets, out / "samples" / variant / f"seed{seed}")
-            checks = sampler_checks(model, settings, cfg.sampler_checks, s.unconditional_images, s.batch_size)
-            metrics_runs[variant][seed] = {**measure(sets, data), **measure(checks, data)}
-            for name, x in sets.items():
-                pooled.setdefault(name, []).append(mean_brightness(to_model_range(x)))
-            if seed == cfg.seeds[0]:
-                images[variant] = save_grid(sets, out / f"grid_{variant}.png")
-        brightness[variant] = {name: torch.cat(v) for name, v in pooled.items()}
-    metrics = summarize(data, metrics_runs)
     setup = {
         "command": "make demo  (python launch/demo.py " + " ".join(sys.argv[1:]) + ")",
-        "train_steps": cfg.train_steps, "batch": train_cfg.global_batch_size, "seeds": list(cfg.seeds),
-        "resolution": train_cfg.data.resolution, "patch_size": train_cfg.model.autoencoder.patch_size, "sampler": s.sampler, "num_steps": s.num_steps,
-        "guidance_scale": s.guidance_scale, "minutes": (time.time() - start) / 60,
+        "minutes": (time.time() - start) / 60,
+        "protocol": PROTOCOL.format(
+            base_steps=cfg.base.steps, base_seed=cfg.base.seed, steps=cfg.finetune_steps,
+            batch=train_cfg.global_batch_size, seeds=list(cfg.seeds), resolution=train_cfg.model.resolution,
+            patch=train_cfg.model.autoencoder.patch_size, sampler=s.sampler, num_steps=s.num_steps,
+            w=s.guidance_scale,
+        ),
     }  # fmt: skip
-    report = write_report(out, metrics, brightness, images, prompt_sets, setup)
-    print(f"\nwrote {report}")
+    report = write_report(out, metrics, checks_, brightness, grids, prompt_sets, setup)
+    held = sum(c.ok for c in checks_)
+    print(f"\nwrote {report}: {held} of {len(checks_)} checks hold ({setup['minutes']:.1f} min)")
+    for c in checks_:
+        if not c.ok:
+            print(f"  does not hold: {c.claim} (seed {c.seed}): {c.value:.3f}, needs {c.bound}")
     return report
 
 

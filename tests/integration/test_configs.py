@@ -27,6 +27,10 @@ def test_experiment_runs_two_steps_with_the_tiny_model(experiment, train, tmp_pa
     run = tiny_run(tmp_path, data_root, steps=2)
     if full.model.kind == "tiny":  # already CPU-sized: keep the experiment's own model settings
         run.remove("model=tiny")
+    if (
+        full.init_from
+    ):  # a fine-tune of a base this test does not have (init_from: tests/integration/test_init_from.py)
+        run.append("init_from=null")
     cfg = compose("train", [f"experiment={experiment}", *run])
     assert cfg.module.lr == full.module.lr and cfg.diffusion == full.diffusion  # the recipe survives
     out = train(cfg)

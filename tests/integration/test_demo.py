@@ -1,7 +1,10 @@
-"""`make demo` end to end, shortened: the same launch/demo.py code path with few steps and images.
+"""`make demo` end to end: the same launch/demo.py code path, shortened (in make test) and in full (slow).
 
-Too short to learn brightness (that is what `make demo` measures); this checks every artefact the README and
-the report promise exists and is consistent: metrics.json keys, the report's tables, PNG samples per model.
+The shortened run (a short base, short fine-tunes, few images) is far too brief for the paper's numbers; it
+checks every artefact the README and the report promise, and that the effect already points the right way on
+the saved PNGs: the fixed model's dark set is darker than the flawed one's by a margin, and the fixed one's images
+are far from noise. The full run asserts every threshold of the report's checks (configs/demo.yaml).
+Each bound has the value measured when it was set beside it.
 """
 
 import json
@@ -9,41 +12,71 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from zsnr.evaluation.noise import median_residual
+
 ROOT = Path(__file__).resolve().parents[2]
+SETS = {"unconditional", "dark", "mid", "bright", "red", "blue", "green"}
+
+
+def _pngs(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+
+def _run_demo(out: Path, *overrides: str, timeout: int) -> dict:
+    cmd = [sys.executable, str(ROOT / "launch" / "demo.py"), f"out_dir={out}", *overrides]
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=timeout)
+    return json.loads((out / "metrics.json").read_text())
 
 
 @pytest.mark.demo
-def test_demo_end_to_end(tmp_path):
+def test_shortened_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, str(ROOT / "launch" / "demo.py"), f"out_dir={out}", "seeds=[0]", "train_steps=4",
-           "sampling.unconditional_images=6", "sampling.images_per_prompt=2", "sampling.num_steps=3",
-           "sampler_checks=[{sampler: dpmpp_2m, num_steps: 2}]",
-           "train_overrides=['data.synthetic.num_samples=1024','data.num_workers=0']"]  # fmt: skip
-    subprocess.run(cmd, check=True, cwd=ROOT, timeout=900)
-
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"data", "flawed", "fixed"}
-    sets = {"unconditional", "dark", "mid", "bright"}
-    assert set(metrics["data"]) == sets
+    metrics = _run_demo(
+        out, "base.steps=300", "finetune_steps=100", "seeds=[0]", "sampling.unconditional_images=16",
+        "sampling.images_per_prompt=8", "sampling.num_steps=10", timeout=1200,
+    )  # fmt: skip
+    assert set(metrics) == {"data", "base", "flawed", "fixed", "checks"}
+    assert set(metrics["data"]) == SETS
     # the data's prompt sets are what their captions say: solid black, gray, solid white backgrounds
     assert metrics["data"]["dark"]["mean"] < -0.9 and metrics["data"]["bright"]["mean"] > 0.9
-    assert abs(metrics["data"]["mid"]["mean"]) < 0.1
-    assert metrics["data"]["unconditional"]["std"] > 0.4  # backgrounds span black to white
-    for variant in ("flawed", "fixed"):
-        per_set = metrics[variant]["seeds"]["0"]
-        assert set(per_set) == sets | {"unconditional, dpmpp_2m S=2"}
-        assert per_set["unconditional, dpmpp_2m S=2"]["n"] == 6
-        assert per_set["unconditional"]["n"] == 6 and per_set["dark"]["n"] == 2 * 2
-        for name in sets:
-            pngs = sorted((out / "samples" / variant / "seed0" / name).glob("*.png"))
-            assert len(pngs) == per_set[name]["n"]
-            assert Image.open(pngs[0]).size == (32, 32)
-        assert (out / "runs" / f"{variant}_seed0" / "checkpoints" / "last.ckpt").exists()
+    assert abs(metrics["data"]["mid"]["mean"]) < 0.1 and metrics["data"]["unconditional"]["std"] > 0.4
+    for model, folder in (("base", "base"), ("flawed", "flawed_seed0"), ("fixed", "fixed_seed0")):
+        per_set = metrics[model]["seeds"]["0"]
+        assert set(per_set) == SETS
+        assert per_set["unconditional"]["n"] == 16 and per_set["dark"]["n"] == 2 * 8
+        for name in SETS:
+            pngs = _pngs(out / "samples" / folder / name)
+            assert pngs.shape == (per_set[name]["n"], 16, 16, 3)
+        assert (out / "runs" / folder / "checkpoints" / "last.ckpt").exists()
+    # the effect's direction, measured on the PNGs themselves
+    dark = {m: _pngs(out / "samples" / f"{m}_seed0" / "dark").mean() / 127.5 - 1 for m in ("flawed", "fixed")}
+    assert dark["fixed"] < dark["flawed"] - 0.4  # measured: fixed -0.735, flawed -0.056
+    # the fixed fine-tune is already far from noise; the flawed one is not yet: a 300-step epsilon base samples
+    # noise (0.23 on every set, independent uniform pixels give 0.22) and 100 fine-tuning steps leave it at
+    # 0.21, so its bound (<= 0.03) is asserted by the full demo below, not here
+    x = torch.from_numpy(_pngs(out / "samples" / "fixed_seed0" / "unconditional")).permute(0, 3, 1, 2)
+    assert float(median_residual(x).median()) < 0.08  # measured: 0.049
     report = (out / "report.md").read_text()
-    assert "sampled with dpmpp_2m S=2" in report
-    assert "| data |" in report and "| fixed, seed 0 |" in report and "| flawed, seed 0 |" in report
-    for png in ("histograms.png", "grid_flawed.png", "grid_fixed.png"):
+    assert "## Checks:" in report and "| fixed, seed 0 |" in report and "| flawed, seed 0 |" in report
+    for png in ("histograms.png", "grid_base.png", "grid_flawed.png", "grid_fixed.png"):
         assert (out / png).stat().st_size > 1000
+    # a second run reuses every training run (nothing is trained again) and rewrites the report
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "demo.py"), f"out_dir={out}", "base.steps=300",
+         "finetune_steps=100", "seeds=[0]", "sampling.unconditional_images=16", "sampling.images_per_prompt=8",
+         "sampling.num_steps=10"],
+        check=True, cwd=ROOT, timeout=600, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.stdout.count("reusing") == 3 and "$ " not in done.stdout
+
+
+@pytest.mark.slow
+def test_full_demo_meets_every_check(tmp_path):
+    metrics = _run_demo(tmp_path / "demo", timeout=3600)
+    failed = [c for c in metrics["checks"] if not c["ok"]]
+    assert not failed, failed

@@ -5,7 +5,8 @@ trained with the fixes can follow "a solid black background" / "a white backgrou
 whole brightness range (image mean brightness std about 0.5 in [-1, 1] units) and captions name them.
 Each sample's json has LAION's fields, set so that a few samples fail each filter of LaionFilter's defaults,
 plus "brightness" (image mean in [-1, 1]) and "brightness_class" (dark < -1/3 <= mid <= 1/3 < bright).
-Deterministic from the seed (PNG members, fixed tar mtime).
+Deterministic from the seed (PNG members, fixed tar mtime). `shapes` picks a subset of SHAPES (the demo draws
+solid shapes only: flat colours and clean edges).
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def _luma(rgb: tuple[int, int, int]) -> float:
     return sum(rgb) / 3
 
 
-def render(rng: random.Random, resolution: int) -> tuple[Image.Image, str, dict[str, Any]]:
-    """One image, its caption and what it shows."""
+def render(
+    rng: random.Random, resolution: int, shapes: tuple[str, ...] = SHAPES
+) -> tuple[Image.Image, str, dict[str, Any]]:
+    """One image, its caption and what it shows (a plain background, or one of `shapes` on one)."""
     names = list(COLORS)
     background = rng.choices(names, weights=[BACKGROUND_WEIGHTS.get(n, 1.0) for n in names])[0]
     bg = COLORS[background]
@@ -78,7 +81,7 @@ def render(rng: random.Random, resolution: int) -> tuple[Image.Image, str, dict[
         )
     # a shape colour that stands out from the background
     color = rng.choice([n for n in names if abs(_luma(COLORS[n]) - _luma(bg)) > 60 and n != background])
-    shape = rng.choice(SHAPES)
+    shape = rng.choice(shapes)
     draw = ImageDraw.Draw(image)
     fg, r = COLORS[color], resolution
     if shape in ("circle", "square", "triangle"):
@@ -140,11 +143,22 @@ def _metadata(rng: random.Random, reason: str | None) -> dict[str, Any]:
     return meta
 
 
-def synthetic_samples(num_samples: int, resolution: int, seed: int) -> Iterator[dict[str, Any]]:
+def _check_shapes(shapes: tuple[str, ...]) -> tuple[str, ...]:
+    shapes = tuple(shapes)
+    unknown = [s for s in shapes if s not in SHAPES]
+    if not shapes or unknown:
+        raise ValueError(f"synthetic shapes must be a non-empty subset of {SHAPES}, got {list(shapes)}")
+    return shapes
+
+
+def synthetic_samples(
+    num_samples: int, resolution: int, seed: int, shapes: tuple[str, ...] = SHAPES
+) -> Iterator[dict[str, Any]]:
+    shapes = _check_shapes(shapes)
     reasons = _reasons(num_samples, random.Random(f"zsnr-synthetic-reasons/{seed}"))
     for i in range(num_samples):
         rng = random.Random(f"zsnr-synthetic/{seed}/{i}")
-        image, caption, what = render(rng, resolution)
+        image, caption, what = render(rng, resolution, shapes)
         array = np.asarray(image, dtype=np.float64)
         brightness = round(float(array.mean() / 127.5 - 1.0), 5)
         meta = _metadata(rng, reasons[i])
@@ -164,7 +178,12 @@ def synthetic_samples(num_samples: int, resolution: int, seed: int) -> Iterator[
 
 
 def make_synthetic_shards(
-    out_dir: str, num_samples: int = 2048, resolution: int = 64, seed: int = 0, samples_per_shard: int = 256
+    out_dir: str,
+    num_samples: int = 2048,
+    resolution: int = 64,
+    seed: int = 0,
+    samples_per_shard: int = 256,
+    shapes: tuple[str, ...] = SHAPES,
 ) -> str:
     """Write the synthetic set to out_dir/shard-NNNNNN.tar; returns the brace URL pattern of the shards."""
     if num_samples < 1 or resolution < 8 or samples_per_shard < 1:
@@ -172,7 +191,7 @@ def make_synthetic_shards(
             f"need num_samples >= 1, resolution >= 8, samples_per_shard >= 1; got {num_samples}, {resolution}, {samples_per_shard}"
         )
     paths = write_shards(
-        synthetic_samples(num_samples, resolution, seed),
+        synthetic_samples(num_samples, resolution, seed, shapes),
         os.path.join(out_dir, "shard-%06d.tar"),
         maxcount=samples_per_shard,
         total=num_samples,
@@ -182,36 +201,59 @@ def make_synthetic_shards(
     return brace_pattern(paths)
 
 
-def synthetic_dir(root: str, num_samples: int, resolution: int, seed: int, samples_per_shard: int) -> str:
-    return os.path.join(root, f"synthetic-r{resolution}-n{num_samples}-s{seed}-k{samples_per_shard}")
+def synthetic_dir(
+    root: str,
+    num_samples: int,
+    resolution: int,
+    seed: int,
+    samples_per_shard: int,
+    shapes: tuple[str, ...] = SHAPES,
+) -> str:
+    name = f"synthetic-r{resolution}-n{num_samples}-s{seed}-k{samples_per_shard}"
+    if tuple(shapes) != SHAPES:
+        name += "-" + "-".join(_check_shapes(shapes))
+    return os.path.join(root, name)
 
 
 def synthetic_url_pattern(
-    root: str, num_samples: int = 2048, resolution: int = 64, seed: int = 0, samples_per_shard: int = 256
+    root: str,
+    num_samples: int = 2048,
+    resolution: int = 64,
+    seed: int = 0,
+    samples_per_shard: int = 256,
+    shapes: tuple[str, ...] = SHAPES,
 ) -> str:
     """Where ensure_synthetic_shards puts (or put) this set; pure, so every rank can compute it."""
-    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard)
+    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard, shapes)
     shards = math.ceil(num_samples / samples_per_shard)
     return brace_pattern([os.path.join(out, f"shard-{i:06d}.tar") for i in range(shards)])
 
 
 def ensure_synthetic_shards(
-    root: str, num_samples: int = 2048, resolution: int = 64, seed: int = 0, samples_per_shard: int = 256
+    root: str,
+    num_samples: int = 2048,
+    resolution: int = 64,
+    seed: int = 0,
+    samples_per_shard: int = 256,
+    shapes: tuple[str, ...] = SHAPES,
 ) -> str:
     """make_synthetic_shards into a folder named by the parameters, unless it is already complete.
 
     Cheap when the shards exist (one stat of a marker file). Written to a temporary folder and renamed, so
     an interrupted run or a concurrent rank never sees half a set.
     """
-    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard)
-    pattern = synthetic_url_pattern(root, num_samples, resolution, seed, samples_per_shard)
+    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard, shapes)
+    pattern = synthetic_url_pattern(root, num_samples, resolution, seed, samples_per_shard, shapes)
     if os.path.exists(os.path.join(out, "COMPLETE")):
         return pattern
     tmp = f"{out}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    make_synthetic_shards(tmp, num_samples, resolution, seed, samples_per_shard)
+    make_synthetic_shards(tmp, num_samples, resolution, seed, samples_per_shard, shapes)
     with open(os.path.join(tmp, "COMPLETE"), "w") as marker:
-        json.dump({"num_samples": num_samples, "resolution": resolution, "seed": seed}, marker)
+        json.dump(
+            {"num_samples": num_samples, "resolution": resolution, "seed": seed, "shapes": list(shapes)},
+            marker,
+        )
     try:
         os.rename(tmp, out)
     except OSError:  # another process finished first

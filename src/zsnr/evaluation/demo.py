@@ -1,55 +1,143 @@
-"""The paper in miniature (`make demo`): train a flawed and a fixed tiny model, sample both, measure brightness.
+"""The paper in miniature (`make demo`): one flawed base model, fine-tuned two ways, sampled and measured.
 
-Each step is a plain function so the shortened end-to-end test and launch/demo.py run the same code:
-`train_run` (launch/train.py in a subprocess, exactly as a user runs it), `data_brightness` (the training
-data through the same datamodule), `sample_sets` (unconditional and prompt sets with fixed seeds) and
-`write_report` (metrics.json, report.md, histograms and grids). Brightness is measured on the uint8 images
-that are saved as PNG, so the files under samples/ are exactly what the numbers describe.
+The paper's protocol (section 5): SD 2.1-base, trained with SD's schedule and epsilon-prediction, is fine-tuned
+twice on the same data, once keeping that recipe (the reference) and once with all four fixes. In miniature:
+`experiment=demo_base` pretrains a tiny pixel-space model with the flawed recipe (once: a later run reuses it),
+then `experiment=demo_flawed` and `experiment=demo_fixed` fine-tune copies of it (`init_from=`) on the same
+data with the same steps and seeds.
+
+Each step is a plain function, so launch/demo.py and the shortened end-to-end test run the same code:
+`train_runs` (launch/train.py in subprocesses, exactly as a user runs it, side by side when there are cores
+for it), `data_reference` (the training images, read through the run's own datamodule) and `sample_sets`
+(fixed seeds, the same for every model). Measures: zsnr.evaluation.demo_metrics; report: demo_report.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
+import yaml
 
-from zsnr.data import to_model_range
-from zsnr.evaluation.brightness import brightness_stats, mean_brightness
 from zsnr.evaluation.images import save_png, to_uint8
 from zsnr.sampling import SamplingSettings, generate
 
 UNCONDITIONAL = "unconditional"
+TRAIN_SCRIPT = Path(__file__).resolve().parents[3] / "launch" / "train.py"
 
 
-def train_run(
-    experiment: str, seed: int, run_dir: Path, overrides: Sequence[str] = (), train_script: Path | None = None
-) -> Path:
-    """Run `python launch/train.py experiment=... seed=... resume=auto` and return its last checkpoint.
+@dataclass(frozen=True)
+class TrainJob:
+    """`python launch/train.py experiment=E seed=S hydra.run.dir=D resume=auto [overrides]`."""
 
-    resume=auto makes the demo restartable: a finished run is not trained again.
-    """
-    script = train_script or Path(__file__).resolve().parents[3] / "launch" / "train.py"
-    cmd = [
-        sys.executable,
-        str(script),
-        f"experiment={experiment}",
-        f"seed={seed}",
-        f"hydra.run.dir={run_dir}",
-    ]
-    cmd += ["resume=auto", *overrides]
-    print(f"\n$ {' '.join(cmd[1:])}", flush=True)
+    name: str
+    experiment: str
+    seed: int
+    run_dir: Path
+    overrides: tuple[str, ...] = ()
+
+    def task_overrides(self) -> list[str]:
+        return [f"experiment={self.experiment}", f"seed={self.seed}", "resume=auto", *self.overrides]
+
+    def command(self, script: Path = TRAIN_SCRIPT) -> list[str]:
+        return [sys.executable, str(script), *self.task_overrides(), f"hydra.run.dir={self.run_dir}"]
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+    def saved_overrides(self) -> list[str] | None:
+        path = self.run_dir / ".hydra" / "overrides.yaml"
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+    def finished(self) -> bool:
+        """Trained to its max_steps with exactly these overrides (so a second `make demo` reuses it)."""
+        config = self.run_dir / "config.yaml"
+        if self.saved_overrides() != self.task_overrides() or not config.is_file() or not self.last.exists():
+            return False
+        max_steps = yaml.safe_load(config.read_text())["max_steps"]
+        return self.last.resolve().name == f"step={max_steps:06d}.ckpt"
+
+
+def train_runs(jobs: Sequence[TrainJob], parallel: int = 1, cores: int | None = None) -> dict[str, Path]:
+    """Run the jobs (at most `parallel` at a time, each with cores // (jobs running) threads); returns each
+    job's last checkpoint. A job already trained with the same overrides is reused; a run directory left by
+    other overrides is removed first (resume=auto would otherwise continue it)."""
+    cores = cores or os.cpu_count() or 1
+    todo = []
+    for job in jobs:
+        if job.finished():
+            print(f"{job.name}: reusing {job.last.resolve()} (trained with the same overrides)", flush=True)
+        else:
+            if job.saved_overrides() not in (None, job.task_overrides()):
+                print(f"{job.name}: {job.run_dir} was trained with other overrides; starting it again")
+                shutil.rmtree(job.run_dir)
+            todo.append(job)
+    for i in range(0, len(todo), max(1, parallel)):
+        _run_together(todo[i : i + parallel], threads=max(1, cores // len(todo[i : i + parallel])))
+    for job in jobs:
+        if not job.last.exists():
+            raise FileNotFoundError(f"{job.name}: training finished but left no {job.last}")
+    return {job.name: job.last.resolve() for job in jobs}
+
+
+def _env(threads: int) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
-    subprocess.run(cmd, check=True, env=env)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.exists():
-        raise FileNotFoundError(f"training finished but left no {last}; see the log above")
-    return last
+    return {**env, "OMP_NUM_THREADS": str(threads)}
+
+
+def _run_together(jobs: Sequence[TrainJob], threads: int) -> None:
+    """One job: its output goes to the console. Several: each writes run_dir/stdout.log, and one progress bar
+    per job follows the `step N/M` lines the training prints there (TrainMetrics)."""
+    for job in jobs:
+        print(f"\n$ {' '.join(job.command()[1:])}   # {threads} thread(s)", flush=True)
+    if len(jobs) == 1:
+        subprocess.run(jobs[0].command(), check=True, env=_env(threads))
+        return
+    from tqdm.auto import tqdm
+
+    procs, logs, bars = [], [], []
+    for i, job in enumerate(jobs):
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        logs.append(job.run_dir / "stdout.log")
+        with open(logs[-1], "w") as out:
+            procs.append(
+                subprocess.Popen(job.command(), stdout=out, stderr=subprocess.STDOUT, env=_env(threads))
+            )
+        bars.append(tqdm(desc=job.name, position=i, unit="step", leave=True))
+    while any(p.poll() is None for p in procs):
+        time.sleep(2)
+        for bar, log in zip(bars, logs, strict=True):
+            step, total = _progress(log)
+            bar.total, bar.n = total, step
+            bar.refresh()
+    for bar in bars:
+        bar.close()
+    for job, proc, log in zip(jobs, procs, logs, strict=True):
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-30:]
+            raise RuntimeError(
+                f"{job.name} failed (exit {proc.returncode}); the end of {log}:\n" + "\n".join(tail)
+            )
+
+
+_STEP = re.compile(rb"^step (\d+)/(\d+) ", re.MULTILINE)
+
+
+def _progress(log: Path) -> tuple[int, int | None]:
+    """The last `step N/M` line in a training log (0, None before the first)."""
+    with open(log, "rb") as f:
+        f.seek(max(0, log.stat().st_size - 4096))
+        found = _STEP.findall(f.read())
+    return (int(found[-1][0]), int(found[-1][1])) if found else (0, None)
 
 
 def _matches(caption: str, prompts: Sequence[str]) -> bool:
@@ -57,25 +145,21 @@ def _matches(caption: str, prompts: Sequence[str]) -> bool:
 
 
 @torch.no_grad()
-def data_brightness(
-    datamodule, prompt_sets: Mapping[str, Sequence[str]], max_images: int | None = None
-) -> dict:
-    """Brightness of the training data read through its own datamodule (one exact pass, filters applied):
-    {"unconditional": all images, set name: images whose caption is one of that set's prompts}."""
+def data_reference(datamodule, prompt_sets: Mapping[str, Sequence[str]]) -> dict[str, torch.Tensor]:
+    """The training images (uint8) in one exact pass through their own datamodule (filters applied):
+    {"unconditional": all of them, set name: those whose caption is one of the set's prompts}."""
     datamodule.setup("fit")
-    values, captions = [], []
+    images, captions = [], []
     for batch in datamodule.train_dataloader():
-        values.append(mean_brightness(to_model_range(batch["image"])))
+        images.append(batch["image"])
         captions += list(batch["caption"])
-        if max_images is not None and len(captions) >= max_images:
-            break
-    b = torch.cat(values)
-    out = {UNCONDITIONAL: b}
+    x = torch.cat(images)
+    out = {UNCONDITIONAL: x}
     for name, prompts in prompt_sets.items():
         keep = torch.tensor([_matches(c, prompts) for c in captions])
         if not keep.any():
             raise ValueError(f"no training image has a caption in prompt set {name!r} ({list(prompts)})")
-        out[name] = b[keep]
+        out[name] = x[keep]
     return out
 
 
@@ -92,8 +176,8 @@ def sample_sets(
     Unconditional: the empty prompt without guidance (w = 1), as trained by caption dropout.
     """
     uncond = replace(settings, guidance_scale=1.0, guidance_rescale=0.0)
-    out = {UNCONDITIONAL: to_uint8(generate(model, [""] * num_unconditional, list(range(num_unconditional)),
-                                            uncond, batch_size))}  # fmt: skip
+    seeds = list(range(num_unconditional))
+    out = {UNCONDITIONAL: to_uint8(generate(model, [""] * num_unconditional, seeds, uncond, batch_size))}
     for name, prompts in prompt_sets.items():
         ps = [p for p in prompts for _ in range(images_per_prompt)]
         out[name] = to_uint8(generate(model, ps, list(range(len(ps))), settings, batch_size))
@@ -101,7 +185,7 @@ def sample_sets(
 
 
 def sampler_checks(
-    model, settings: SamplingSettings, checks: Sequence[Mapping[str, Any]], num_images: int, batch_size: int
+    model, settings: SamplingSettings, checks: Sequence[Mapping], num_images: int, batch_size: int
 ) -> dict[str, torch.Tensor]:
     """The unconditional set (same seeds) with other samplers / step counts: {"unconditional, dpmpp_2m S=25": ...}."""
     out = {}
@@ -112,30 +196,56 @@ def sampler_checks(
     return out
 
 
-def measure(images: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> dict[str, dict]:
-    """brightness_stats of every set against the data's brightness for the same set (a sampler check such as
-    "unconditional, ddim S=100" against the data's "unconditional")."""
-    return {
-        name: brightness_stats(mean_brightness(to_model_range(x)), reference[name.split(",")[0]])
-        for name, x in images.items()
-    }
-
-
 def save_samples(images: Mapping[str, torch.Tensor], folder: Path) -> None:
     for name, x in images.items():
         for i, image in enumerate(x):
             save_png(image, folder / name / f"{i:04d}.png")
 
 
-def _mean_over_seeds(per_seed: Mapping[str, Mapping[str, dict]]) -> dict[str, dict[str, float]]:
-    keys = ("mean", "std", "p05", "p95", "frac_dark", "frac_bright", "wasserstein_to_reference")
-    seeds = list(per_seed.values())
-    return {s: {k: sum(r[s][k] for r in seeds) / len(seeds) for k in keys} for s in seeds[0]}
+def sample_model(
+    ckpt: Path,
+    sampling: Mapping,
+    prompt_sets: Mapping[str, Sequence[str]],
+    checks: Sequence[Mapping] = (),
+    folder: Path | None = None,
+    threads: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load a checkpoint and sample its image sets (and the sampler checks) with the model's own spacing and
+    phi; saves the PNGs under `folder`. A function of plain values, so it runs in a worker process too."""
+    from zsnr.training import load_for_inference
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_for_inference(ckpt)
+    settings = SamplingSettings(
+        sampler=sampling["sampler"], num_steps=sampling["num_steps"], spacing=model.schedule.spacing,
+        guidance_scale=sampling["guidance_scale"], guidance_rescale=model.schedule.guidance_rescale,
+    )  # fmt: skip
+    print(f"sampling {ckpt}: {settings}", flush=True)
+    n, k, b = sampling["unconditional_images"], sampling["images_per_prompt"], sampling["batch_size"]
+    sets = sample_sets(model, settings, prompt_sets, n, k, b)
+    sets.update(sampler_checks(model, settings, checks, n, b))
+    if folder is not None:
+        save_samples(sets, folder)
+    return sets
 
 
-def summarize(data: Mapping[str, torch.Tensor], runs: Mapping[str, Mapping[int, dict]]) -> dict[str, Any]:
-    """metrics.json: {"data": stats per set, "flawed"/"fixed": {"seeds": {seed: stats per set}, "mean": ...}}."""
-    out: dict[str, Any] = {"data": {name: brightness_stats(b) for name, b in data.items()}}
-    for variant, per_seed in runs.items():
-        out[variant] = {"seeds": {str(s): m for s, m in per_seed.items()}, "mean": _mean_over_seeds(per_seed)}
-    return out
+def sample_models(
+    jobs: Mapping[str, Mapping], parallel: int = 1, cores: int | None = None
+) -> dict[str, dict]:
+    """sample_model(**kwargs) for every named job, `parallel` at a time in worker processes (one thread each
+    when parallel); {name: its image sets}."""
+    if parallel <= 1 or len(jobs) == 1:
+        return {name: sample_model(**kwargs) for name, kwargs in jobs.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (cores or os.cpu_count() or 1) // parallel)
+    # fork: the workers start with zsnr imported (spawn would import torch & co. again in each); they set their
+    # own thread count first thing, as DataLoader workers do
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+        futures = {
+            name: pool.submit(sample_model, **kwargs, threads=threads) for name, kwargs in jobs.items()
+        }
+        return {name: f.result() for name, f in futures.items()}

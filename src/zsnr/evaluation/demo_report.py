@@ -1,49 +1,83 @@
-"""The demo's report: report.md with the brightness tables, histograms and sample grids as PNG files."""
+"""The demo's report: report.md with the checks and tables, metrics.json, the brightness histograms and one
+labelled sample grid per model (4x nearest-neighbour, one row per image set)."""
 
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zsnr.evaluation.images import make_grid, save_png
+from zsnr.evaluation.demo_metrics import Check
+from zsnr.evaluation.images import labelled_grid, save_png
 
 COLUMNS = (
     ("mean", "mean"),
     ("std", "std"),
-    ("p05", "p5"),
-    ("p95", "p95"),
     ("frac_dark", "< -0.7"),
     ("frac_bright", "> +0.7"),
     ("wasserstein_to_reference", "W1 to data"),
+    ("noise_median", "noise"),
+    ("colour_agreement", "colour cos"),
 )
+STYLES = {
+    "data": dict(color="0.6", alpha=0.6),
+    "base": dict(color="0.2", histtype="step", lw=1.5, ls="--"),
+    "flawed": dict(color="C3", histtype="step", lw=2),
+    "fixed": dict(color="C0", histtype="step", lw=2),
+}
+
+
+def _cell(key: str, v: Any) -> str:
+    if v is None:
+        return ""
+    return (
+        f"{100 * v:.0f}%"
+        if key.startswith("frac")
+        else f"{v:.3f}"
+        if key.startswith("noise")
+        else f"{v:+.2f}"
+    )
 
 
 def _row(label: str, stats: Mapping[str, Any]) -> str:
-    cells = []
-    for key, _ in COLUMNS:
-        v = stats.get(key)
-        cells.append("" if v is None else f"{100 * v:.0f}%" if key.startswith("frac") else f"{v:+.3f}")
-    return f"| {label} | " + " | ".join(cells) + " |"
+    return f"| {label} | " + " | ".join(_cell(k, stats.get(k)) for k, _ in COLUMNS) + " |"
 
 
 def stats_table(metrics: Mapping[str, Any], set_name: str, with_data: bool = True) -> list[str]:
     lines = ["| images | " + " | ".join(h for _, h in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     if with_data:
         lines.append(_row("data", metrics["data"][set_name]))
-    for variant in (v for v in metrics if v != "data"):
-        for seed, per_set in metrics[variant]["seeds"].items():
-            lines.append(_row(f"{variant}, seed {seed}", per_set[set_name]))
+    for model in (m for m in metrics if m != "data"):
+        for seed, per_set in metrics[model]["seeds"].items():
+            if set_name in per_set:
+                lines.append(_row(f"{model}, seed {seed}", per_set[set_name]))
     return lines
 
 
-def extra_sets(metrics: Mapping[str, Any]) -> list[str]:
-    """Sets measured for the models only (sampler checks), in their order."""
-    first = next(v for v in metrics if v != "data")
-    return [k for k in next(iter(metrics[first]["seeds"].values())) if k not in metrics["data"]]
+def summary_table(metrics: Mapping[str, Any], models: Sequence[str]) -> list[str]:
+    """Mean over seeds: brightness mean, W1 and noise of every model, one row per set."""
+    head = ["set", "data mean"] + [f"{m} mean" for m in models] + [f"{m} W1" for m in models]
+    head += ["data noise"] + [f"{m} noise" for m in models]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, d in metrics["data"].items():
+        means = [metrics[m]["mean"][name] for m in models]
+        cells = [name, f"{d['mean']:+.2f}", *(f"{x['mean']:+.2f}" for x in means)]
+        cells += [f"{x['wasserstein_to_reference']:.2f}" for x in means]
+        cells += [f"{d['noise_median']:.3f}", *(f"{x['noise_median']:.3f}" for x in means)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def checks_table(checks: Sequence[Check]) -> list[str]:
+    return [
+        "| claim | seed | measured | bound | holds |",
+        "|---|---|---|---|---|",
+        *(c.row() for c in checks),
+    ]
 
 
 def plot_histograms(brightness: Mapping[str, Mapping[str, torch.Tensor]], path: Path) -> Path:
@@ -54,89 +88,94 @@ def plot_histograms(brightness: Mapping[str, Mapping[str, torch.Tensor]], path: 
     import matplotlib.pyplot as plt
 
     sets = list(brightness["data"])
-    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), squeeze=False)
+    cols = min(4, len(sets))
+    rows = -(-len(sets) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     bins = torch.linspace(-1, 1, 41).numpy()
-    styles = {"data": dict(color="0.6", alpha=0.6), "flawed": dict(color="C3", histtype="step", lw=2),
-              "fixed": dict(color="C0", histtype="step", lw=2)}  # fmt: skip
-    for ax, name in zip(axes[0], sets, strict=True):
+    for ax, name in zip(axes.flat, sets, strict=False):
         for who, per_set in brightness.items():
-            values = per_set[name].clamp(-1, 1).numpy()
-            ax.hist(values, bins=bins, density=True, label=who, **styles.get(who, {}))
+            if name in per_set:
+                values = per_set[name].clamp(-1, 1).numpy()
+                ax.hist(values, bins=bins, density=True, label=who, **STYLES.get(who, {}))
         ax.set(title=name, xlabel="mean brightness ([-1, 1])", xlim=(-1.05, 1.05))
         ax.axvline(-0.7, color="0.3", ls=":", lw=1)
         ax.axvline(0.7, color="0.3", ls=":", lw=1)
+    for ax in list(axes.flat)[len(sets) :]:
+        ax.axis("off")
     axes[0][0].set_ylabel("density")
     axes[0][0].legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def save_grid(images: Mapping[str, torch.Tensor], path: Path, columns: int = 12) -> Path:
-    """One row per image set (its first `columns` images), uint8 images in, PNG out."""
-    rows = [x[:columns] for x in images.values()]
-    return save_png(make_grid(torch.cat(rows), columns=columns), path)
+def save_grid(
+    images: Mapping[str, torch.Tensor],
+    path: Path,
+    prompt_sets: Mapping[str, Sequence[str]],
+    columns: int = 10,
+) -> Path:
+    """Labelled: one row per image set (its first `columns` images), 4x nearest-neighbour."""
+    captions = {
+        name: "\n".join(textwrap.wrap(", ".join(f'"{p}"' for p in ps), 40))
+        for name, ps in prompt_sets.items()
+    }
+    captions["unconditional"] = "empty prompt, no guidance"
+    return save_png(labelled_grid(dict(images), columns, captions=captions), path)
 
 
 def write_report(
     out_dir: Path,
     metrics: Mapping[str, Any],
+    checks: Sequence[Check],
     brightness: Mapping[str, Mapping[str, torch.Tensor]],
     grids: Mapping[str, Path],
     prompt_sets: Mapping[str, Sequence[str]],
     setup: Mapping[str, Any],
 ) -> Path:
     """metrics.json, histograms.png and report.md under out_dir; returns the report's path."""
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "metrics.json").write_text(
+        json.dumps({**metrics, "checks": [c.__dict__ for c in checks]}, indent=2)
+    )
     plot_histograms(brightness, out_dir / "histograms.png")
+    models = [m for m in metrics if m != "data"]
+    held = sum(c.ok for c in checks)
     lines = [
         "# zsnr demo: the paper in miniature",
         "",
-        f"Command: `{setup['command']}`. Two tiny text-conditioned UNets with identical architecture, data, "
-        f"steps and seeds ({setup['train_steps']} steps, batch {setup['batch']}, seeds {setup['seeds']}), "
-        "trained by launch/train.py: **flawed** (`experiment=demo_flawed`: SD schedule, epsilon-prediction, "
-        "leading steps, plain CFG) and **fixed** (`experiment=demo_fixed`: rescaled to zero terminal SNR, "
-        "v-loss, trailing steps, CFG rescale phi = 0.7).",
+        f"Command: `{setup['command']}` ({setup['minutes']:.1f} min).",
         "",
-        f"The models work in **pixel space** ({setup['resolution']} px RGB; the autoencoder is the identity with "
-        f"{setup['patch_size']}x{setup['patch_size']} pixel patches folded into channels), so brightness is measured on exactly what the diffusion produced, "
-        "not through a random VAE. Brightness = mean Rec. 601 luma of an image in [-1, 1]; the data row is "
-        "the training set read through the same datamodule. Sampling: "
-        f"{setup['sampler']}, {setup['num_steps']} steps, each model with its own spacing; prompt sets with "
-        f"guidance w = {setup['guidance_scale']}; unconditional = empty prompt, no guidance. Same seeds for "
-        f"both models. Wall time: {setup['minutes']:.1f} min.",
+        setup["protocol"],
         "",
-        "## Unconditional brightness distribution",
+        f"## Checks: {held} of {len(checks)} hold",
         "",
-        *stats_table(metrics, "unconditional"),
+        *checks_table(checks),
+        "",
+        "## Summary (mean over the fine-tuning seeds)",
+        "",
+        *summary_table(metrics, models),
+        "",
+        "Brightness: the mean Rec. 601 luma of an image in [-1, 1]. W1: Wasserstein-1 distance of a set's "
+        "brightness distribution to the data's. Noise: the median over images of mean |x - median3x3(x)| "
+        "(x in [0, 1]; flat colours and clean shapes give 0, independent uniform pixels 0.22). Colour cos: cosine between the "
+        "mean RGB offset from grey of the samples and of the training images with the same captions.",
+        "",
+        "![brightness histograms](histograms.png)",
         "",
     ]
-    for name in extra_sets(metrics):
-        lines += [f"### The same unconditional seeds, sampled with {name.split(', ')[1]}", ""]
-        lines += [*stats_table(metrics, name, with_data=False), ""]
-    for name, prompts in prompt_sets.items():
-        lines += [f"## Prompt set `{name}`: " + ", ".join(f'"{p}"' for p in prompts), ""]
-        lines += [*stats_table(metrics, name), ""]
-    lines += ["## Summary (mean over seeds)", "", "| set | data mean | flawed mean | fixed mean | flawed W1 | fixed W1 |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    for model, grid in grids.items():
+        lines += [f"**{model}**", "", f"![{model}]({grid.name})", ""]
+    lines += ["## Per set and seed", ""]
     for name in metrics["data"]:
-        f, x = metrics["flawed"]["mean"][name], metrics["fixed"]["mean"][name]
-        lines.append(
-            f"| {name} | {metrics['data'][name]['mean']:+.3f} | {f['mean']:+.3f} | {x['mean']:+.3f} "
-            f"| {f['wasserstein_to_reference']:.3f} | {x['wasserstein_to_reference']:.3f} |"
-        )
-    lines += ["", "![brightness histograms](histograms.png)", ""]
-    for variant, grid in grids.items():
-        lines += [
-            f"**{variant}** (rows: " + ", ".join(brightness["data"]) + ")",
-            "",
-            f"![{variant}]({grid.name})",
-            "",
-        ]
-    for note in setup.get("notes", []):
-        lines += [note, ""]
+        prompts = ", ".join(f'"{p}"' for p in prompt_sets.get(name, [])) or "empty prompt, no guidance"
+        lines += [f"### `{name}`: {prompts}", "", *stats_table(metrics, name), ""]
+    extra = [s for s in next(iter(metrics[models[-1]]["seeds"].values())) if s not in metrics["data"]]
+    for name in extra:
+        lines += [f"### The unconditional seeds sampled with {name.split(', ')[1]}", ""]
+        lines += [*stats_table(metrics, name, with_data=False), ""]
+    lines += [note + "\n" for note in setup.get("notes", [])]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 from shard_factory import read_keys_and_meta
 
@@ -24,6 +25,22 @@ def test_same_seed_same_bytes_other_seed_other_data():
     a, b = list(synthetic_samples(30, 32, 5)), list(synthetic_samples(30, 32, 5))
     assert a == b
     assert [s["png"] for s in a] != [s["png"] for s in synthetic_samples(30, 32, 6)]
+
+
+def test_a_subset_of_shapes(tmp_path):
+    solid = [
+        json.loads(s["json"]) for s in synthetic_samples(200, 16, 0, shapes=("circle", "square", "triangle"))
+    ]
+    assert {m["shape"] for m in solid} == {None, "circle", "square", "triangle"}
+    assert not any("stripes" in m["caption"] or "checkerboard" in m["caption"] for m in solid)
+    every = [json.loads(s["json"]) for s in synthetic_samples(200, 16, 0)]
+    assert {m["shape"] for m in every} == {None, "circle", "square", "triangle", "stripes", "checkerboard"}
+    default = ensure_synthetic_shards(str(tmp_path), 20, 16, 0, 8)
+    assert "synthetic-r16-n20-s0-k8/" in default  # the default set keeps its folder
+    subset = ensure_synthetic_shards(str(tmp_path), 20, 16, 0, 8, shapes=["circle", "square"])
+    assert "synthetic-r16-n20-s0-k8-circle-square/" in subset
+    with pytest.raises(ValueError, match="non-empty subset"):
+        next(synthetic_samples(2, 16, 0, shapes=("hexagon",)))
 
 
 def test_brightness_spans_black_to_white_and_captions_say_so(six_shards):
