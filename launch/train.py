@@ -85,6 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plan = plan_batches(cfg.global_batch_size, cfg.micro_batch_size, world)
     model_spec = OmegaConf.to_container(cfg.model, resolve=True)
     check_model_files(model_spec)
+    ckpt_path = resolve_resume(cfg.resume, run_dir / "checkpoints")  # named and readable, or an error now
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("%s; precision %s; run directory %s", plan.describe(), precision, run_dir)
     checkpoint = AtomicCheckpoint(
@@ -135,7 +136,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        ckpt_path = resolve_resume(cfg.resume, run_dir / "checkpoints")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         finally:

@@ -100,3 +100,17 @@ def test_command_line_multirun_with_the_wandb_logger(tmp_path, data_root):
         assert (tmp_path / job / "checkpoints" / "last.ckpt").exists()
         assert list((tmp_path / job / "wandb").glob("offline-run-*"))
         assert "seed: " + job in (tmp_path / job / "config.yaml").read_text()
+
+
+def test_a_missing_or_corrupt_resume_fails_before_any_model_loads(tmp_path, data_root, monkeypatch):
+    train = launch_module("train").train
+    built = []
+    monkeypatch.setattr("zsnr.training.module.build_components", lambda *a, **k: built.append(1))
+    run_dir = tmp_path / "run"
+    base = tiny_run(run_dir, data_root, steps=2)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        train(compose("train", [*base, f"resume={tmp_path}/nope.ckpt"]))
+    (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(ValueError, match=r"cut\.ckpt \(\d+ bytes\) is not a readable checkpoint"):
+        train(compose("train", [*base, f"resume={tmp_path}/cut.ckpt"]))
+    assert not built and not (run_dir / "config.yaml").exists()  # nothing built, the run's config untouched

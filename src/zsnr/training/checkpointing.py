@@ -17,6 +17,7 @@ Lightning's default `TorchCheckpointIO` serialises the whole checkpoint into a B
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 LAST = "last.ckpt"
 
@@ -111,15 +112,21 @@ def checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
 
 
 def load_mapped(path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
-    """torch.load with the tensors memory-mapped (copy-on-write) from the file: only what is used is read."""
+    """torch.load with the tensors memory-mapped (copy-on-write) from the file: only what is used is read.
+    A file torch cannot read (truncated, empty, not a checkpoint) is a ValueError that names it."""
     try:
         return torch.load(path, map_location=map_location or "cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        if "mmap" in str(err) and "zip" not in str(err):
+            raise ValueError(
+                f"{path} cannot be memory-mapped ({err}); it was written with torch.save's legacy format. Load "
+                "it once with torch.load and save it again with torch.save (the zip format, the default since "
+                "torch 1.6)"
+            ) from err
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
         raise ValueError(
-            f"{path} cannot be memory-mapped ({err}); it was written with torch.save's legacy format. Load it "
-            "once with torch.load and save it again with torch.save (the zip format, the default since torch 1.6)"
+            f"{path} ({size} bytes) is not a readable checkpoint: {type(err).__name__}: {err or 'empty file'}. "
+            "A truncated or empty file is what a crash or a full disk mid-save leaves"
         ) from err
 
 
@@ -195,12 +202,14 @@ def _remove(path: Path) -> None:
 
 
 def resolve_resume(resume: str | None, checkpoint_dir: str | os.PathLike) -> str | None:
-    """`resume`: None (start fresh), "auto" (the run's newest checkpoint if there is one), or a path to a
-    checkpoint or to a run/checkpoint directory (its last). Returns the checkpoint path for Trainer.fit."""
+    """`resume`: None (start fresh), "auto" (the run's newest readable checkpoint if there is one), or a path
+    to a checkpoint or to a run/checkpoint directory (its last). Returns the checkpoint path for Trainer.fit.
+    Runs before any model loads: a missing or unreadable file is an error naming it; resume=auto skips an
+    unreadable newest checkpoint (a crash mid-save) for the previous intact one, with a warning."""
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
-        found = newest_checkpoint(checkpoint_dir)
+        found = _readable_newest(Path(checkpoint_dir))
         rank_zero_info(
             f"resume=auto: {'continuing from ' + str(found) if found else 'no checkpoint yet, fresh start'}"
         )
@@ -210,10 +219,31 @@ def resolve_resume(resume: str | None, checkpoint_dir: str | os.PathLike) -> str
         found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
         if found is None:
             raise FileNotFoundError(f"resume={resume}: no checkpoint in {path} or {path / 'checkpoints'}")
-        return str(found)
+        path = found
     if not path.exists():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint. Use resume=auto or a path to a .ckpt")
+    if path.is_file():  # (a sharded FSDP checkpoint is a directory, read by torch.distributed.checkpoint)
+        load_mapped(path)  # memory-mapped: reads the archive's index, not the tensors
     return str(path)
+
+
+def _readable_newest(directory: Path) -> Path | None:
+    newest = newest_checkpoint(directory)
+    candidates = [newest] if newest else []
+    candidates += [p for p in sorted(directory.glob("step=*.ckpt"), reverse=True) if p != newest]
+    for i, path in enumerate(candidates):
+        if path.is_dir():
+            return path
+        try:
+            load_mapped(path)
+        except ValueError as err:
+            rest = candidates[i + 1 :]
+            rank_zero_warn(f"resume=auto: skipping {path}: {err}" + ("" if rest else "; no intact one left"))
+            continue
+        return path
+    if candidates:
+        raise ValueError(f"resume=auto: no checkpoint in {directory} is readable ({len(candidates)} tried)")
+    return None
 
 
 def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:

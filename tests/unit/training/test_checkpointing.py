@@ -65,3 +65,21 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
+
+
+def test_resume_names_a_corrupt_file_and_auto_falls_back_to_the_previous_intact_one(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    for step in (5, 10):
+        AtomicCheckpoint(ckpts, 5, keep_last=None).save(FakeTrainer(), step)
+    newest = ckpts / "step=000010.ckpt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # what a crash mid-save (or a full disk) leaves
+    with pytest.raises(ValueError, match=r"step=000010\.ckpt \(\d+ bytes\) is not a readable checkpoint"):
+        resolve_resume(str(newest), "elsewhere")
+    with pytest.warns(UserWarning, match=r"skipping .*step=000010\.ckpt"):
+        assert resolve_resume("auto", ckpts) == str(ckpts / "step=000005.ckpt")
+    (ckpts / "step=000005.ckpt").write_bytes(b"")  # zero bytes: torch's bare EOFError, now with the file
+    with pytest.raises(ValueError, match=r"step=000005\.ckpt \(0 bytes\)"):
+        resolve_resume(str(ckpts / "step=000005.ckpt"), "elsewhere")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no checkpoint in .* is readable"):
+        resolve_resume("auto", ckpts)  # never a silent fresh start over a run's checkpoints
