@@ -65,7 +65,12 @@ def demo(cfg: DictConfig) -> Path:
     train_cfg = training_config(base.run_dir)  # every run reads the same data
     train_cfg.data.resampled, train_cfg.data.num_workers, train_cfg.data.shuffle_buffer = False, 0, 0
     train_cfg.data.epoch_length = None
-    data = data_reference(instantiate(train_cfg.data), prompt_sets)
+    data = data_reference(
+        instantiate(
+            train_cfg.data, resolution=train_cfg.model.resolution, batch_size=256, seed=train_cfg.seed
+        ),
+        prompt_sets,
+    )  # the images the runs trained on: their resolution (launch/train.py passes the same)
 
     sampling = OmegaConf.to_container(cfg.sampling)
     checks = OmegaConf.to_container(cfg.sampler_checks)

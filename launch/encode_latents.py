@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from zsnr.data import to_model_range, write_shards
+from zsnr.data import check_no_run_keys, to_model_range, write_shards
 from zsnr.data.latents import STORAGE_DTYPES, encode_sample, storage_error, write_manifest
 from zsnr.data.shards import brace_pattern
 from zsnr.models import Components, Tokenizer, build_components, encoder_signature
@@ -80,6 +80,9 @@ def encode_latents(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
     parts = build_components(spec)
     parts.autoencoder.to(device)
     parts.text_encoder.to(device)
+    check_no_run_keys(
+        cfg.data, {"resolution": "model.resolution", "batch_size": "batch_size", "seed": "seed"}
+    )
     datamodule = instantiate(
         cfg.data,
         resolution=parts.resolution,

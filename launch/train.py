@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from zsnr.data import check_no_run_keys
 from zsnr.models import Tokenizer, check_model_files, encoder_signature
 from zsnr.training import (
     AtomicCheckpoint,
@@ -85,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plan = plan_batches(cfg.global_batch_size, cfg.micro_batch_size, world)
     model_spec = OmegaConf.to_container(cfg.model, resolve=True)
     check_model_files(model_spec)
+    check_no_run_keys(cfg.data)
     ckpt_path = resolve_resume(cfg.resume, run_dir / "checkpoints")  # named and readable, or an error now
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("%s; precision %s; run directory %s", plan.describe(), precision, run_dir)

@@ -102,7 +102,7 @@ def test_command_line_multirun_with_the_wandb_logger(tmp_path, data_root):
         assert "seed: " + job in (tmp_path / job / "config.yaml").read_text()
 
 
-def test_a_missing_or_corrupt_resume_fails_before_any_model_loads(tmp_path, data_root, monkeypatch):
+def test_a_bad_resume_or_data_key_fails_before_any_model_loads(tmp_path, data_root, monkeypatch):
     train = launch_module("train").train
     built = []
     monkeypatch.setattr("zsnr.training.module.build_components", lambda *a, **k: built.append(1))
@@ -113,4 +113,8 @@ def test_a_missing_or_corrupt_resume_fails_before_any_model_loads(tmp_path, data
     (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04 half a zip")
     with pytest.raises(ValueError, match=r"cut\.ckpt \(\d+ bytes\) is not a readable checkpoint"):
         train(compose("train", [*base, f"resume={tmp_path}/cut.ckpt"]))
+    with pytest.raises(ValueError, match="data.batch_size is not read: the run's micro_batch_size sets it"):
+        train(compose("train", [*base, "+data.batch_size=8"]))  # it used to be replaced without a word
+    with pytest.raises(ValueError, match="data.resolution is not read: the run's model.resolution sets it"):
+        train(compose("train", [*base, "+data.resolution=64"]))
     assert not built and not (run_dir / "config.yaml").exists()  # nothing built, the run's config untouched

@@ -1,6 +1,6 @@
 """zsnr.data: LAION-style webdataset shards -> filtered, decoded, resumable batches (see WebDataModule)."""
 
-from zsnr.data.datamodule import DataStatsLogger, WebDataModule
+from zsnr.data.datamodule import DataStatsLogger, WebDataModule, check_no_run_keys
 from zsnr.data.decode import decode_image, to_model_range
 from zsnr.data.filters import LaionFilter
 from zsnr.data.shards import parse_sources, write_shards
@@ -14,6 +14,7 @@ __all__ = [
     "LaionFilter",
     "ShardStream",
     "WebDataModule",
+    "check_no_run_keys",
     "decode_image",
     "ensure_synthetic_shards",
     "make_synthetic_shards",

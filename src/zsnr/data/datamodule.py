@@ -20,6 +20,20 @@ log = logging.getLogger("zsnr.data")
 STATE_VERSION = 1
 
 
+RUN_KEYS = {"resolution": "model.resolution", "batch_size": "micro_batch_size", "seed": "seed"}
+
+
+def check_no_run_keys(data_cfg: Mapping[str, Any], where: Mapping[str, str] = RUN_KEYS) -> None:
+    """The launchers give the datamodule the run's resolution, batch size and seed; the same keys in the data
+    config would be silently replaced, so they are refused with the key to set instead."""
+    given = [key for key in where if key in data_cfg]
+    if given:
+        raise ValueError(
+            "; ".join(f"data.{key} is not read: the run's {where[key]} sets it" for key in given)
+            + ". Drop it from the data config / command line and set that instead"
+        )
+
+
 class WebDataModule(pl.LightningDataModule):
     """Batches {"image": uint8 [B,3,H,W], "caption", "key", "input_ids"?, "stats", "resume"} from tar shards.
 
