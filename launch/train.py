@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from zsnr.data import check_no_run_keys
 from zsnr.models import Tokenizer, check_model_files, encoder_signature
@@ -140,6 +142,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException as exn:  # Lightning stops on SIGTERM with SystemExit(None), i.e. status 0
+            log.error(
+                "stopped by SIGTERM at step %d (not saved: resume from the last checkpoint)",
+                trainer.global_step,
+            )
+            raise SystemExit(128 + signal.SIGTERM) from exn
         finally:
             finish_wandb(trainer)
         wait_for_launched_ranks(trainer)

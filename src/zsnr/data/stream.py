@@ -7,6 +7,8 @@ bytes, and only accepted, shuffled samples are decoded. Each batch carries
 A token [ordinal, raw_index, j] means: the shuffle block that starts at sample `raw_index` of the worker's
 `ordinal`-th shard, of which j samples were delivered. Blocks are permuted by a seed that depends only on
 where they start, so re-reading from a token reproduces the stream exactly (zsnr.data.resume).
+With report_end set (zsnr.data.resume sets it), a worker's stream ends with {END_OF_STREAM: True, "stats"}: the
+counts read after its last batch, so that a pass that yields no batch still reports what it read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from zsnr.data.shards import BadData, ShardPlan, Source, read_shard
 from zsnr.data.stats import DataStats
 
 DECODE_MODES = ("images", "latents")
+END_OF_STREAM = "end_of_stream"
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
@@ -70,6 +73,7 @@ class ShardStream(IterableDataset):
         self.max_bad_fraction, self.tokenizer, self.decode = max_bad_fraction, tokenizer, decode
         self.rank, self.world_size = rank, world_size
         self.position = fresh_position()
+        self.report_end = False
 
     @property
     def finite(self) -> bool:
@@ -96,6 +100,8 @@ class ShardStream(IterableDataset):
         tag = {"epoch": self.position["epoch"], "worker": worker}
         yield from self._batches(samples, stats, g, tag, token, done, quota)
         stats.check()
+        if self.report_end:
+            yield {END_OF_STREAM: True, "stats": stats.delta()}
 
     def _start(
         self, plan: ShardPlan, worker: int, num_workers: int
