@@ -96,12 +96,15 @@ class ShardStream(IterableDataset):
             return
         where = f" by rank {self.rank} worker {worker}"
         stats = DataStats(self.max_bad_fraction, where, self.filters.counter_names())
+        # Re-reading from a saved token counts again what the saved batch's counts already held (its shuffle
+        # block, and what was read ahead): until the first sample decodes, exactly that is read, then dropped.
+        self._recounting = worker in self.position["workers"]
         samples = self._shuffled(self._records(plan, token[0], token[1], stop, stats), plan, g, token)
         tag = {"epoch": self.position["epoch"], "worker": worker}
         yield from self._batches(samples, stats, g, tag, token, done, quota)
         stats.check()
         if self.report_end:
-            yield {END_OF_STREAM: True, "stats": stats.delta()}
+            yield {END_OF_STREAM: True, "stats": {} if self._recounting else stats.delta()}
 
     def _start(
         self, plan: ShardPlan, worker: int, num_workers: int
@@ -130,7 +133,8 @@ class ShardStream(IterableDataset):
         quota: int | None,
     ) -> Iterator[dict[str, Any]]:
         """Decode and collate. A full batch waits until the next sample decodes (or the stream ends), so the
-        counts of everything read before it, bad images included, travel with a batch."""
+        counts of everything read before it, bad images included, travel with a batch; the last batch of a
+        quota too, so that where the counts stand after a batch does not depend on whether the stream goes on."""
         items, last, pending = [], token, None
 
         def batch(content: list, at: Sequence[int]) -> dict[str, Any]:
@@ -144,16 +148,18 @@ class ShardStream(IterableDataset):
             except BadData as exn:
                 stats.bad(exn.kind, record["url"], f"{record['key']}: {exn}")
                 continue
+            if self._recounting:
+                stats.delta()  # where the saved batch's counts stood: from here on, counts are new
+                self._recounting = False
             if pending is not None:
                 yield batch(*pending)
                 pending = None
+                if quota is not None and done >= quota:
+                    return
             items.append(item)
             last = position
             if len(items) == self.batch_size:
                 pending, items = (items, last), []
-                if quota is not None and done + 1 >= quota:
-                    yield batch(*pending)
-                    return
         if pending is not None:
             yield batch(*pending)
         if items:

@@ -10,6 +10,7 @@ import os
 import pytest
 import pytorch_lightning as pl
 import torch
+from shard_factory import laion_sample, write_tar
 
 from zsnr.data import DataStatsLogger, WebDataModule
 
@@ -132,3 +133,41 @@ def test_stats_are_logged_per_filter(three_shards, tmp_path):
     logged = [r for r in rows if r.get("data/seen")]
     assert len(logged) >= 2 and float(logged[-1]["data/accepted"]) == len(three_shards.accepted)
     assert {"data/rejected/punsafe", "data/rejected/missing_punsafe", "data/bad/image_decode"} <= set(rows[0])
+
+
+def mixed_shards(folder) -> list[str]:
+    """4 shards of 24 samples: every 5th rejected by punsafe, every 7th a broken image (known only on decode)."""
+    urls = []
+    for s in range(4):
+        members = []
+        for i in range(24):
+            key, n = f"s{s}_{i:02d}", s * 24 + i
+            if n % 7 == 3:
+                members += [(f"{key}.jpg", b"\xff\xd8 not a jpeg"), *laion_sample(key, seed=n)[1:]]
+            else:
+                members += laion_sample(key, seed=n, **({"punsafe": 0.9} if n % 5 == 1 else {}))
+        urls.append(write_tar(str(folder / f"mixed-{s}.tar"), members))
+    return urls
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"epoch_length": 48}, {"epoch_length": 48, "resampled": True}],
+    ids=["finite", "epochs", "resampled"],
+)
+def test_counts_after_a_resume_equal_the_straight_runs(extra, tmp_path):
+    """Resuming re-reads the saved shuffle block: its samples must not be counted a second time."""
+    kwargs = {"urls": mixed_shards(tmp_path), "resolution": 16, "batch_size": 4, "num_workers": 2,
+              "shuffle_buffer": 10, "seed": 5, "max_bad_fraction": 1.0, **extra}  # fmt: skip
+    n = 16  # more than one data epoch of the endless modes (12 batches)
+    _, straight = run(kwargs, epochs=3, stop_after=n)
+    for cut in (3, 7, 13):
+        _, state = run(kwargs, epochs=3, stop_after=cut)
+        _, resumed = run(kwargs, epochs=3, stop_after=n - cut, state=state)
+        assert resumed["ranks"][0]["stats"] == straight["ranks"][0]["stats"], cut
+    if not extra:  # a whole pass, with a resume in it, counts every sample once
+        _, state = run(kwargs, epochs=1, stop_after=5)
+        _, whole = run(kwargs, epochs=1, state=state)
+        stats = whole["ranks"][0]["stats"]
+        assert (stats["seen"], stats["rejected/punsafe"], stats["bad/image_decode"]) == (96, 17, 14)
+        assert stats["accepted"] == 96 - 17  # the broken images pass the json filters, then fail to decode
