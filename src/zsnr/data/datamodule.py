@@ -196,21 +196,35 @@ class WebDataModule(pl.LightningDataModule):
         self._apply_state(state)
 
     def _apply_state(self, state: dict[str, Any]) -> None:
-        rank, _ = self._rank_world()
-        saved = state["ranks"][rank] if rank < len(state["ranks"]) else state["ranks"][0]
-        self.tracker.stats.update(saved["stats"])
-        if state.get("version") != STATE_VERSION or state["fingerprint"] != self._fingerprint():
-            epoch = saved["position"]["epoch"]
-            log.warning(
-                "cannot continue the data stream exactly: it was saved with %s and now is %s; "
-                "starting data epoch %d from its beginning",
-                state.get("fingerprint"),
-                self._fingerprint(),
-                epoch,
-            )
-            self.tracker.position = fresh_position(epoch)
+        rank, world = self._rank_world()
+        ranks = state["ranks"]
+        for saved in ranks[rank::world]:  # every saved rank's counts go to one rank: their sum is kept
+            self.tracker.stats.update(saved["stats"])
+        if state.get("version") == STATE_VERSION and state["fingerprint"] == self._fingerprint():
+            self.tracker.position = ranks[rank]["position"]
             return
-        self.tracker.position = saved["position"]
+        # The saved positions name shards and blocks of another layout: replaying the epoch from its start would
+        # show the run's first samples again. Go on with a fresh shard order and shuffle, keyed on the position.
+        position = ranks[0]["position"]
+        epoch = position["epoch"]
+        consumed = sum(w["batches"] for r in ranks for w in r["position"]["workers"].values())
+        key = f"{position.get('reseed', '')}/{epoch}.{consumed}".lstrip("/")
+        saved_print = state.get("fingerprint", {})
+        changed = {
+            k: (saved_print.get(k), v) for k, v in self._fingerprint().items() if saved_print.get(k) != v
+        }
+        log.warning(
+            "cannot continue the data stream exactly: %s changed (saved, now) since it was saved; data epoch %d goes "
+            "on with a fresh shard order and shuffle (seed %s extended with %r: %d batches were consumed). The run's "
+            "first batches are not replayed, but in exact mode samples already shown in this epoch can come again "
+            "(the rest of the epoch is a fresh pass).",
+            changed or f"the state format (version {state.get('version')}, now {STATE_VERSION})",
+            epoch,
+            self.stream_kwargs["seed"],
+            key,
+            consumed,
+        )
+        self.tracker.position = {**fresh_position(epoch), "reseed": key}
 
 
 class DataStatsLogger(pl.Callback):

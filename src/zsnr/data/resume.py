@@ -55,7 +55,8 @@ class StreamTracker:
             self.finish_epoch(resume["epoch"])
 
     def finish_epoch(self, epoch: int) -> None:
-        """Move to epoch+1 (idempotent). Finite mode starts the next pass; endless streams keep their tokens."""
+        """Move to epoch+1 (idempotent). Finite mode starts the next pass; endless streams keep their tokens (and
+        the fresh randomness of a stream that could not continue exactly, which the tokens refer to)."""
         if self.position["epoch"] != epoch:
             return
         log.info("data epoch %d done: %s", epoch, dict(self.stats))
@@ -64,7 +65,8 @@ class StreamTracker:
             if self.finite
             else {w: {"token": s["token"], "batches": 0} for w, s in self.position["workers"].items()}
         )
-        self.position = {**fresh_position(epoch + 1), "workers": workers}
+        reseed = {} if self.finite or "reseed" not in self.position else {"reseed": self.position["reseed"]}
+        self.position = {**fresh_position(epoch + 1), "workers": workers, **reseed}
 
 
 class ResumableLoader:

@@ -74,6 +74,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.position = fresh_position()
         self.report_end = False
+        self._seed: int | str = seed
 
     @property
     def finite(self) -> bool:
@@ -90,7 +91,10 @@ class ShardStream(IterableDataset):
         # position was saved: the resumed batch order then equals the uninterrupted one.
         worker = (physical + self.position["last_worker"] + 1) % num_workers
         g = self.rank * num_workers + worker
-        plan = ShardPlan(self.sources, self.seed, self.resampled, g, self.world_size * num_workers)
+        # a stream that could not continue exactly goes on with fresh randomness (WebDataModule._apply_state)
+        reseed = self.position.get("reseed")
+        self._seed = self.seed if reseed is None else f"{self.seed}/resumed/{reseed}"
+        plan = ShardPlan(self.sources, self._seed, self.resampled, g, self.world_size * num_workers)
         token, stop, quota, done = self._start(plan, worker, num_workers)
         if quota is not None and done >= quota:
             return
@@ -244,7 +248,7 @@ class ShardStream(IterableDataset):
     def _emit(self, block: list, start: tuple, end: tuple, skip: int, g: int) -> Iterator:
         order = list(range(len(block)))
         if len(block) > 1:
-            random.Random(f"zsnr-shuffle/{self.seed}/{g}/{start[0]}/{start[1]}").shuffle(order)
+            random.Random(f"zsnr-shuffle/{self._seed}/{g}/{start[0]}/{start[1]}").shuffle(order)
         for j in range(skip, len(block)):
             yield block[order[j]], ((*start, j + 1) if j + 1 < len(block) else (*end, 0))
 
@@ -252,7 +256,7 @@ class ShardStream(IterableDataset):
         if self.decode == "latents":
             return {**record, **latents.decode_sample(record["payload"])}
         ordinal, index = record["cursor"]
-        rng = random.Random(f"zsnr-augment/{self.seed}/{g}/{ordinal}/{index}")
+        rng = random.Random(f"zsnr-augment/{self._seed}/{g}/{ordinal}/{index}")
         image = decode_image(record["payload"], self.resolution, self.random_crop, self.random_flip, rng)
         return {**record, "image": image}
 

@@ -6,6 +6,7 @@ import csv
 import glob
 import logging
 import os
+from collections import Counter
 
 import pytest
 import pytorch_lightning as pl
@@ -68,13 +69,27 @@ def test_resume_continues_exactly(case, three_shards):
         assert same(head + tail, full), (case, k)
 
 
-def test_a_changed_setup_restarts_the_saved_epoch_with_a_warning(three_shards, caplog):
-    kwargs = {"urls": three_shards.urls, "resolution": 16, "batch_size": 8, "num_workers": 0}
+@pytest.mark.parametrize("extra", [{}, {"epoch_length": 64, "resampled": True}], ids=["exact", "resampled"])
+def test_a_changed_setup_goes_on_with_fresh_randomness_not_the_runs_start(extra, three_shards, caplog):
+    kwargs = {"urls": three_shards.urls, "resolution": 16, "batch_size": 8, "num_workers": 2,
+              "shuffle_buffer": 16, "seed": 3, **extra}  # fmt: skip
+    full, _ = run(kwargs, epochs=1)
     _, state = run(kwargs, epochs=1, stop_after=3)
+    state["fingerprint"]["world_size"] = 2  # saved by a run on two ranks: the positions do not apply here
     with caplog.at_level(logging.WARNING, logger="zsnr.data"):
-        tail, _ = run({**kwargs, "num_workers": 2}, epochs=1, state=state)
-    assert "cannot continue the data stream exactly" in caplog.text
-    assert {k for b in tail for k in b["key"]} == three_shards.accepted
+        tail, changed = run(kwargs, epochs=1, state=state)
+    assert "world_size" in caplog.text and "fresh shard order and shuffle" in caplog.text
+    keys = lambda batches: [b["key"] for b in batches]  # noqa: E731
+    assert all(a != b for a, b in zip(keys(tail[:3]), keys(full[:3]), strict=True))  # before: the very same
+    read = sum((Counter(b["stats"]) for b in tail), Counter(state["ranks"][0]["stats"]))
+    assert Counter(changed["ranks"][0]["stats"]) == read  # the saved counts are kept, once
+    if not extra:  # exact mode: the rest of the epoch is one fresh pass, every sample once
+        tail_keys = [k for b in tail for k in b["key"]]
+        assert len(tail_keys) == len(set(tail_keys)) and set(tail_keys) == three_shards.accepted
+    # the fresh stream is itself resumable exactly, under the new setup
+    head, again = run(kwargs, epochs=1, state=state, stop_after=2)
+    rest, _ = run(kwargs, epochs=1, state=again)
+    assert same(head + rest, tail)
     assert WebDataModule(**kwargs).state_dict() == {}  # nothing to save before setup
 
 
