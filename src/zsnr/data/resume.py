@@ -48,6 +48,7 @@ class StreamTracker:
         self.position["workers"][resume["worker"]] = {
             "token": list(resume["token"]),
             "batches": resume["batches"],
+            "shards": resume.get("shards"),
         }
         self.position["last_worker"] = resume["worker"]
         total = sum(w["batches"] for w in self.position["workers"].values())
@@ -60,11 +61,7 @@ class StreamTracker:
         if self.position["epoch"] != epoch:
             return
         log.info("data epoch %d done: %s", epoch, dict(self.stats))
-        workers = (
-            {}
-            if self.finite
-            else {w: {"token": s["token"], "batches": 0} for w, s in self.position["workers"].items()}
-        )
+        workers = {} if self.finite else {w: {**s, "batches": 0} for w, s in self.position["workers"].items()}
         reseed = {} if self.finite or "reseed" not in self.position else {"reseed": self.position["reseed"]}
         self.position = {**fresh_position(epoch + 1), "workers": workers, **reseed}
 

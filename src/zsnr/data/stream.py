@@ -3,7 +3,8 @@
 Order of work is the point: metadata filters run before any image is decoded, the shuffle holds compressed
 bytes, and only accepted, shuffled samples are decoded. Each batch carries
   batch["stats"]   counts since this worker's previous batch (see zsnr.data.stats)
-  batch["resume"]  {"epoch", "worker", "token", "batches"}: where this worker's stream stands after the batch
+  batch["resume"]  {"epoch", "worker", "token", "batches", "shards"}: where this worker's stream stands after
+                   the batch ("shards": the counts of the shards being read, for ShardVerdicts)
 A token [ordinal, raw_index, j] means: the shuffle block that starts at sample `raw_index` of the worker's
 `ordinal`-th shard, of which j samples were delivered. Blocks are permuted by a seed that depends only on
 where they start, so re-reading from a token reproduces the stream exactly (zsnr.data.resume).
@@ -24,7 +25,7 @@ from zsnr.data import latents
 from zsnr.data.decode import IMAGE_EXTS, decode_image, first_member, read_caption, read_metadata
 from zsnr.data.filters import LaionFilter
 from zsnr.data.shards import BadData, ShardPlan, Source, read_shard
-from zsnr.data.stats import DataStats
+from zsnr.data.stats import DataStats, ShardVerdicts
 
 DECODE_MODES = ("images", "latents")
 END_OF_STREAM = "end_of_stream"
@@ -99,14 +100,16 @@ class ShardStream(IterableDataset):
         if quota is not None and done >= quota:
             return
         where = f" by rank {self.rank} worker {worker}"
-        stats = DataStats(self.max_bad_fraction, where, self.filters.counter_names())
+        stats = DataStats(where, self.filters.counter_names())
         # Re-reading from a saved token counts again what the saved batch's counts already held (its shuffle
         # block, and what was read ahead): until the first sample decodes, exactly that is read, then dropped.
-        self._recounting = worker in self.position["workers"]
+        saved = self.position["workers"].get(worker)
+        self._recounting = saved is not None
+        self._shards = ShardVerdicts(self.max_bad_fraction, where, muted=self._recounting)
+        self._saved_shards = saved.get("shards") if saved else None
         samples = self._shuffled(self._records(plan, token[0], token[1], stop, stats), plan, g, token)
         tag = {"epoch": self.position["epoch"], "worker": worker}
         yield from self._batches(samples, stats, g, tag, token, done, quota)
-        stats.check()
         if self.report_end:
             yield {END_OF_STREAM: True, "stats": {} if self._recounting else stats.delta()}
 
@@ -144,16 +147,21 @@ class ShardStream(IterableDataset):
         def batch(content: list, at: Sequence[int]) -> dict[str, Any]:
             nonlocal done
             done += 1
-            return self._collate(content, stats, {**tag, "token": list(at), "batches": done})
+            resume = {**tag, "token": list(at), "batches": done, "shards": self._shards.state()}
+            return self._collate(content, stats, resume)
 
         for record, position in samples:
             try:
                 item = self._decode(record, g)
             except BadData as exn:
                 stats.bad(exn.kind, record["url"], f"{record['key']}: {exn}")
+                self._shards.bad(record["cursor"][0], exn.kind)
+                self._shards.decoded(record["cursor"][0])
                 continue
+            self._shards.decoded(record["cursor"][0])
             if self._recounting:
                 stats.delta()  # where the saved batch's counts stood: from here on, counts are new
+                self._shards.restore(self._saved_shards)
                 self._recounting = False
             if pending is not None:
                 yield batch(*pending)
@@ -177,14 +185,22 @@ class ShardStream(IterableDataset):
         for task in plan.tasks(start):
             if stop is not None and task.ordinal >= stop:
                 return
-            found = False
-            for index, sample in enumerate(read_shard(task.url, stats.bad)):
+            found, shard = False, task.ordinal
+            self._shards.opened(shard, task.url)
+
+            def on_bad(kind: str, url: str, detail: str, shard: int = shard) -> None:
+                stats.bad(kind, url, detail)
+                self._shards.bad(shard, kind)
+
+            for index, sample in enumerate(read_shard(task.url, on_bad)):
                 if (task.ordinal == start and index < skip) or index % task.stride != task.offset:
                     continue
-                record = self._scan(sample, stats)
+                record = self._scan(sample, stats, on_bad)
+                self._shards.seen(shard, accepted=record is not None)
                 if record is not None:
                     found = True
                     yield record, (task.ordinal, index)
+            self._shards.read(shard)
             empty_run = 0 if found else empty_run + 1
             if empty_run >= limit:
                 raise RuntimeError(
@@ -192,7 +208,7 @@ class ShardStream(IterableDataset):
                     f"{dict(stats.counts)}). Check the shard URLs and the filter thresholds (data.filters)."
                 )
 
-    def _scan(self, sample: dict[str, Any], stats: DataStats) -> dict[str, Any] | None:
+    def _scan(self, sample: dict[str, Any], stats: DataStats, on_bad: Callable) -> dict[str, Any] | None:
         """Cheap checks on raw bytes and json: returns a record to shuffle, or None (counted)."""
         stats.seen()
         try:
@@ -217,7 +233,7 @@ class ShardStream(IterableDataset):
             meta = read_metadata(sample, required=self.decode == "images" and self.filters.needs_metadata)
             caption = read_caption(sample, meta)
         except BadData as exn:
-            stats.bad(exn.kind, sample["__url__"], f"{sample['__key__']}: {exn}")
+            on_bad(exn.kind, sample["__url__"], f"{sample['__key__']}: {exn}")
             return None
         reason = self.filters.check(meta, caption)
         if reason is not None:
