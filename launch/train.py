@@ -17,7 +17,7 @@ from zsnr.data import check_no_run_keys
 from zsnr.models import Tokenizer, check_model_files, encoder_signature
 from zsnr.training import (
     AtomicCheckpoint,
-    NonFiniteGuard,
+    DataStatsLogger,
     SampleGrid,
     StreamingCheckpointIO,
     TrainMetrics,
@@ -32,6 +32,7 @@ from zsnr.training.cluster import (
     slurm_plugins,
     wait_for_launched_ranks,
 )
+from zsnr.training.loggers import wandb_run_id
 
 log = logging.getLogger("zsnr.train")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -71,8 +72,9 @@ def finish_wandb(trainer: pl.Trainer) -> None:
 
 
 def build_logger(cfg: DictConfig) -> Any:
-    if "offline" in cfg.logger:
-        return instantiate(cfg.logger, offline=wandb_offline(cfg.logger.offline))
+    if "offline" in cfg.logger:  # wandb: one wandb run for all attempts of this run (resume, requeue)
+        run_id = wandb_run_id(cfg.run_dir)
+        return instantiate(cfg.logger, offline=wandb_offline(cfg.logger.offline), id=run_id, resume="allow")
     return instantiate(cfg.logger)
 
 
@@ -107,8 +109,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     module = instantiate(cfg.module)
     callbacks += [
-        NonFiniteGuard(cfg.nonfinite.max_consecutive),
         TrainMetrics(plan.global_batch_size, cfg.metrics.every_n_steps, cfg.metrics.timestep_buckets),
+        DataStatsLogger(cfg.metrics.every_n_steps),
     ]
     if cfg.samples.every_n_steps > 0:
         s = cfg.samples

@@ -1,18 +1,27 @@
-"""Callbacks: what the training step should not carry (metrics, sample images, the non-finite guard)."""
+"""Callbacks: what the training step should not carry (metrics, data statistics, sample images).
+
+They act right after an optimizer step was applied: DiffusionModule.stepped says so (the module owns the
+step accounting; a step skipped for a non-finite loss is not one).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
+from zsnr.data import WebDataModule, summary_line
 from zsnr.models.pipeline import mean_brightness
+
+log = logging.getLogger("zsnr.train")
 
 
 def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -22,65 +31,10 @@ def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
             logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def grad_norm(parameters: Any) -> torch.Tensor:
-    """Total L2 norm of the gradients (full norm across FSDP2 shards; every rank must call it)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    norm = torch.nn.utils.get_total_norm(grads)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-
-class NonFiniteGuard(pl.Callback):
-    """A non-finite loss or gradient never reaches the weights: the step is skipped and counted, and after
-    `max_consecutive` bad batches in a row training stops with an error. Also logs the gradient norm."""
-
-    def __init__(self, max_consecutive: int = 10) -> None:
-        self.max_consecutive = max_consecutive
-        self.skipped = 0
-        self.consecutive = 0
-        self._bad_grads = False
-
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
-    ) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        norm = grad_norm(params)
-        if not torch.isfinite(norm):
-            for p in params:
-                p.grad = None  # AdamW leaves parameters without gradients untouched
-            self._bad_grads = True
-        _log(trainer, {"train/grad_norm": float(norm)})
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args
-    ) -> None:
-        skipped = not isinstance(outputs, dict) or outputs.get("loss") is None  # Lightning passes {} for None
-        bad = skipped or self._bad_grads
-        self._bad_grads = False
-        if not bad:
-            self.consecutive = 0
-            return
-        self.skipped += 1
-        self.consecutive += 1
-        _log(trainer, {"train/skipped_batches": float(self.skipped)})
-        if self.consecutive >= self.max_consecutive:
-            raise RuntimeError(
-                f"{self.consecutive} batches in a row had a non-finite loss or gradient (step "
-                f"{trainer.global_step}, {self.skipped} skipped in all); stopping. Lower the learning rate, check "
-                "the data (batch stats) and the precision setting, then resume from the last checkpoint."
-            )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped, "consecutive": self.consecutive}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.skipped, self.consecutive = int(state_dict["skipped"]), int(state_dict["consecutive"])
-
-
 class TrainMetrics(pl.Callback):
-    """Every `every_n_steps` optimizer steps: loss by timestep bucket, lr, throughput (images/s); where the
-    output is not a terminal (a SLURM log, a pipe) also one line `step N/M  loss ...` on stdout."""
+    """Every `every_n_steps` optimizer steps: loss by timestep bucket, lr, throughput (images/s), the gradient
+    norm and the count of skipped steps; where the output is not a terminal (a SLURM log, a pipe) also one line
+    `step N/M  loss ...` on stdout."""
 
     def __init__(self, images_per_step: int, every_n_steps: int = 10, buckets: int = 10) -> None:
         self.images_per_step = images_per_step
@@ -105,7 +59,7 @@ class TrainMetrics(pl.Callback):
             self._sums.index_add_(0, bucket, outputs["per_sample_loss"].double().cpu())
             self._counts.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
         step = trainer.global_step
-        if step == self._since_step or step % self.every_n_steps:
+        if not pl_module.stepped or step == self._since_step or step % self.every_n_steps:
             return
         now = time.perf_counter()
         seconds = (now - self._since) / (step - self._since_step)
@@ -113,6 +67,8 @@ class TrainMetrics(pl.Callback):
             "train/step_time_s": seconds,
             "train/images_per_s": self.images_per_step / seconds,
             "train/lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "train/grad_norm": pl_module.last_grad_norm,
+            "train/skipped_steps": float(pl_module.skipped_steps),
         }
         width = pl_module.schedule.num_timesteps // self.buckets
         for i in range(self.buckets):
@@ -124,6 +80,41 @@ class TrainMetrics(pl.Callback):
             print(f"step {step}/{trainer.max_steps}  loss {loss:.4f}  {metrics['train/images_per_s']:.1f} "
                   f"images/s  lr {metrics['train/lr']:.2e}", flush=True)  # fmt: skip
         self._reset(now, step)
+
+
+class DataStatsLogger(pl.Callback):
+    """The data counters (WebDataModule.stats: seen, accepted, rejected/<filter>, bad/<kind>; cumulative,
+    restored on resume) as data/<name> metrics summed over ranks every `every_n_steps` optimizer steps, and
+    at every checkpoint one line on the log with the totals of all ranks."""
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, WebDataModule) or not pl_module.stepped:
+            return
+        if trainer.global_step % self.every_n_steps == 0:
+            names = sorted(datamodule.stats)  # every rank has every counter (DataStats starts them all at 0)
+            counts = torch.tensor(
+                [datamodule.stats[n] for n in names], dtype=torch.float64, device=pl_module.device
+            )
+            total = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+            _log(trainer, {f"data/{name}": count for name, count in zip(names, total, strict=True)})
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, WebDataModule) or not trainer.is_global_zero:
+            return
+        state = checkpoint.get(type(datamodule).__qualname__) or {}  # every rank's counts, gathered already
+        totals: Counter[str] = Counter()
+        for rank in state.get("ranks", []):
+            totals.update(rank["stats"])
+        log.info("data at step %d (all ranks): %s", trainer.global_step, summary_line(totals))
 
 
 class SampleGrid(pl.Callback):
@@ -152,7 +143,7 @@ class SampleGrid(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if step and step % self.every_n_steps == 0 and step != self._done:
+        if pl_module.stepped and step % self.every_n_steps == 0 and step != self._done:
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

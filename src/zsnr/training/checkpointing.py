@@ -142,16 +142,11 @@ class AtomicCheckpoint(pl.Callback):
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
         self._saved_step = -1
-        self._seen_step = 0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._seen_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        stepped, self._seen_step = step != self._seen_step, step  # only right after an optimizer step,
-        if stepped and step % self.every_n_steps == 0:  # never in the middle of an accumulation
-            self.save(trainer, step)
+        # only right after an applied optimizer step: never mid-accumulation, never for a skipped step
+        if pl_module.stepped and trainer.global_step % self.every_n_steps == 0:
+            self.save(trainer, trainer.global_step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != self._saved_step:
