@@ -123,6 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 s.num_steps,
                 s.guidance_scale,
                 s.guidance_rescale,
+                list(s.weights),
             )
         )
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # +callbacks.x._target_=...

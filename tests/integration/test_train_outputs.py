@@ -42,6 +42,17 @@ def test_checkpoint_loads_for_inference_with_its_schedule(flawed_run, tmp_path):
         load_for_inference(tmp_path / "tampered.ckpt")
 
 
+def test_sample_grids_show_the_ema_and_the_online_weights_labelled(flawed_run):
+    out, cfg = flawed_run
+    samples = out["run_dir"] / "samples"
+    records = {w: json.loads((samples / f"step=000002_{w}.json").read_text()) for w in ("ema", "online")}
+    for weights, record in records.items():
+        assert record["weights"] == weights and (samples / f"step=000002_{weights}.png").exists()
+    # after 2 steps the EMA (warmup decay 0.1, then 0.18) is not the online UNet: different images
+    ema, online = ([r["brightness"] for r in records[w]["images"]] for w in ("ema", "online"))
+    assert ema != online
+
+
 def test_latent_cache_stores_the_posterior_and_refuses_another_model(tmp_path, data_root):
     from zsnr.data import WebDataModule
     from zsnr.models import Tokenizer, encoder_signature

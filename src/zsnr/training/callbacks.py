@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +119,11 @@ class DataStatsLogger(pl.Callback):
 
 
 class SampleGrid(pl.Callback):
-    """Every `every_n_steps` and at the end: EMA samples for fixed prompts and seeds, saved as a PNG grid with
-    a JSON of each image's mean brightness, logged (images to wandb, brightness as metrics to every logger)."""
+    """Every `every_n_steps` and at the end: samples for fixed prompts and seeds from each of `weights` ("ema":
+    the average, what export and evaluation use; "online": the weights being trained, which is what shows
+    progress while a slow EMA, e.g. 0.9999 without warmup, is still mostly the starting model), saved as
+    labelled PNG grids (step=NNNNNN_ema.png, step=NNNNNN_online.png) with a JSON of each image's mean
+    brightness, and logged: images to wandb, brightness as samples/<weights>/brightness/... to every logger."""
 
     def __init__(
         self,
@@ -130,10 +134,17 @@ class SampleGrid(pl.Callback):
         num_steps: int = 25,
         guidance_scale: float = 7.5,
         guidance_rescale: float | None = None,
+        weights: Sequence[str] = ("ema", "online"),
     ) -> None:
+        unknown = set(weights) - {"ema", "online"}
+        if unknown or not weights:
+            raise ValueError(
+                f"samples.weights must be a non-empty list of 'ema' / 'online', got {list(weights)}"
+            )
         self.dirpath = Path(dirpath)
         self.pairs = [(p, int(s)) for p in prompts for s in seeds]
         self.every_n_steps = every_n_steps
+        self.weights = list(weights)
         self.kwargs = {
             "num_steps": num_steps,
             "guidance_scale": guidance_scale,
@@ -150,34 +161,47 @@ class SampleGrid(pl.Callback):
         if trainer.global_step != self._done:
             self.run(trainer, pl_module)
 
-    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[float]:
-        """Every rank samples (a sharded EMA needs them all); rank 0 writes and logs."""
-        from torchvision.utils import save_image
-
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, list[float]]:
+        """Every rank samples (a sharded model needs them all); rank 0 writes and logs. Returns the brightness
+        of each image, per weights."""
         step, self._done = trainer.global_step, trainer.global_step
         prompts, seeds = [p for p, _ in self.pairs], [s for _, s in self.pairs]
-        images = pl_module.sample_images(prompts, seeds, **self.kwargs).cpu()
-        brightness = mean_brightness(images).tolist()
-        if not trainer.is_global_zero:
-            return brightness
+        out = {}
+        for weights in self.weights:
+            images = pl_module.sample_images(prompts, seeds, use_ema=weights == "ema", **self.kwargs).cpu()
+            out[weights] = mean_brightness(images).tolist()
+            if trainer.is_global_zero:
+                self._write(trainer, step, weights, images, out[weights])
+        return out
+
+    def _write(
+        self, trainer: pl.Trainer, step: int, weights: str, images: torch.Tensor, brightness: list[float]
+    ) -> None:
+        from torchvision.utils import save_image
+
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        stem = self.dirpath / f"step={step:06d}"
-        per_row = max(1, len(self.pairs) // len(set(prompts)))
+        stem = self.dirpath / f"step={step:06d}_{weights}"
+        per_row = max(1, len(self.pairs) // len({p for p, _ in self.pairs}))
         save_image((images + 1) / 2, f"{stem}.png", nrow=per_row, padding=1)
         rows = [
             {"prompt": p, "seed": s, "brightness": b}
             for (p, s), b in zip(self.pairs, brightness, strict=True)
         ]
-        Path(f"{stem}.json").write_text(json.dumps({"step": step, **self.kwargs, "images": rows}, indent=1))
+        record = {"step": step, "weights": weights, **self.kwargs, "images": rows}
+        Path(f"{stem}.json").write_text(json.dumps(record, indent=1))
         _log(
             trainer,
-            {f"samples/brightness/{_slug(r['prompt'])}_seed{r['seed']}": r["brightness"] for r in rows},
+            {
+                f"samples/{weights}/brightness/{_slug(r['prompt'])}_seed{r['seed']}": r["brightness"]
+                for r in rows
+            },
         )
-        captions = [f"{r['prompt']} (seed {r['seed']}): brightness {r['brightness']:+.3f}" for r in rows]
+        captions = [
+            f"{weights}: {r['prompt']} (seed {r['seed']}): brightness {r['brightness']:+.3f}" for r in rows
+        ]
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):  # WandbLogger
-                logger.log_image("samples", list((images + 1) / 2), step=step, caption=captions)
-        return brightness
+                logger.log_image(f"samples/{weights}", list((images + 1) / 2), step=step, caption=captions)
 
 
 def _slug(text: str) -> str:
