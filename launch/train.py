@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,12 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
     gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if gpu else "32-true"
+
+
+def resolve_progress_bar(setting: Any) -> bool:
+    """`auto`: Lightning's live bar only on a terminal; in a SLURM log or a pipe it would write a line per
+    update, and TrainMetrics prints a `step N/M` line per metrics interval there instead."""
+    return sys.stdout.isatty() if setting == "auto" else bool(setting)
 
 
 def wandb_offline(setting: Any) -> bool:
@@ -131,6 +138,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             precision=precision,
+            enable_progress_bar=resolve_progress_bar(cfg.trainer.get("enable_progress_bar", "auto")),
             accumulate_grad_batches=plan.accumulate_grad_batches,
             max_steps=cfg.max_steps,
             callbacks=callbacks,
