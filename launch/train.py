@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from zsnr.data import check_no_run_keys
 from zsnr.models import Tokenizer, check_model_files, encoder_signature
 from zsnr.training import (
     AtomicCheckpoint,
-    NonFiniteGuard,
+    DataStatsLogger,
     SampleGrid,
     StreamingCheckpointIO,
     TrainMetrics,
@@ -32,6 +33,7 @@ from zsnr.training.cluster import (
     slurm_plugins,
     wait_for_launched_ranks,
 )
+from zsnr.training.loggers import wandb_run_id
 
 log = logging.getLogger("zsnr.train")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -44,6 +46,12 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
     gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if gpu else "32-true"
+
+
+def resolve_progress_bar(setting: Any) -> bool:
+    """`auto`: Lightning's live bar only on a terminal; in a SLURM log or a pipe it would write a line per
+    update, and TrainMetrics prints a `step N/M` line per metrics interval there instead."""
+    return sys.stdout.isatty() if setting == "auto" else bool(setting)
 
 
 def wandb_offline(setting: Any) -> bool:
@@ -71,8 +79,9 @@ def finish_wandb(trainer: pl.Trainer) -> None:
 
 
 def build_logger(cfg: DictConfig) -> Any:
-    if "offline" in cfg.logger:
-        return instantiate(cfg.logger, offline=wandb_offline(cfg.logger.offline))
+    if "offline" in cfg.logger:  # wandb: one wandb run for all attempts of this run (resume, requeue)
+        run_id = wandb_run_id(cfg.run_dir)
+        return instantiate(cfg.logger, offline=wandb_offline(cfg.logger.offline), id=run_id, resume="allow")
     return instantiate(cfg.logger)
 
 
@@ -107,8 +116,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     module = instantiate(cfg.module)
     callbacks += [
-        NonFiniteGuard(cfg.nonfinite.max_consecutive),
         TrainMetrics(plan.global_batch_size, cfg.metrics.every_n_steps, cfg.metrics.timestep_buckets),
+        DataStatsLogger(cfg.metrics.every_n_steps),
     ]
     if cfg.samples.every_n_steps > 0:
         s = cfg.samples
@@ -121,6 +130,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 s.num_steps,
                 s.guidance_scale,
                 s.guidance_rescale,
+                list(s.weights),
             )
         )
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # +callbacks.x._target_=...
@@ -128,6 +138,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             precision=precision,
+            enable_progress_bar=resolve_progress_bar(cfg.trainer.get("enable_progress_bar", "auto")),
             accumulate_grad_batches=plan.accumulate_grad_batches,
             max_steps=cfg.max_steps,
             callbacks=callbacks,

@@ -36,7 +36,7 @@ def test_experiment_runs_two_steps_with_the_tiny_model(experiment, train, tmp_pa
     out = train(cfg)
     assert out["trainer"].global_step == 2
     assert out["last_checkpoint"].name == "step=000002.ckpt"
-    assert (tmp_path / "samples" / "step=000002.png").exists() == (full.samples.every_n_steps > 0)
+    assert (tmp_path / "samples" / "step=000002_ema.png").exists() == (full.samples.every_n_steps > 0)
 
 
 def test_paper_recipe_values():

@@ -211,22 +211,3 @@ class WebDataModule(pl.LightningDataModule):
             self.tracker.position = fresh_position(epoch)
             return
         self.tracker.position = saved["position"]
-
-
-class DataStatsLogger(pl.Callback):
-    """Logs WebDataModule.stats (seen, accepted, rejected/<filter>, bad/<kind>) as data/<name> every n steps.
-
-    Counts are cumulative (restored on resume) and summed over ranks. Add it to the Trainer's callbacks.
-    """
-
-    def __init__(self, every_n_steps: int = 50):
-        self.every_n_steps = every_n_steps
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
-    ) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(datamodule, WebDataModule) or trainer.global_step % self.every_n_steps:
-            return
-        stats = {f"data/{name}": float(count) for name, count in sorted(datamodule.stats.items())}
-        pl_module.log_dict(stats, on_step=True, on_epoch=False, reduce_fx="sum", sync_dist=True)

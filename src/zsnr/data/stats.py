@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 
 log = logging.getLogger("zsnr.data")
 
@@ -102,3 +103,14 @@ class DataStats:
         out = {name: n - self._reported[name] for name, n in self.counts.items()}
         self._reported = Counter(self.counts)
         return out
+
+
+def summary_line(counts: Mapping[str, int]) -> str:
+    """One line for a log: "seen N, accepted M (p%), rejected: <filter> n ..., bad: <kind> n ..." (zeros left out)."""
+    seen, accepted = counts.get("seen", 0), counts.get("accepted", 0)
+    parts = [f"seen {seen}", f"accepted {accepted} ({accepted / max(seen, 1):.1%})"]
+    for prefix in ("rejected", "bad"):
+        nonzero = [f"{name[len(prefix) + 1 :]} {n}" for name, n in sorted(counts.items())
+                   if name.startswith(f"{prefix}/") and n]  # fmt: skip
+        parts.append(f"{prefix}: {', '.join(nonzero) if nonzero else 'none'}")
+    return ", ".join(parts)
