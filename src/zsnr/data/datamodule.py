@@ -10,9 +10,11 @@ import pytorch_lightning as pl
 import torch
 
 from zsnr.data.filters import LaionFilter
+from zsnr.data.http_shards import HttpOptions, is_http, missing_http_shards
 from zsnr.data.latents import check_cache
 from zsnr.data.resume import ResumableLoader, StreamTracker
 from zsnr.data.shards import UrlSpec, missing_local_shards, parse_sources
+from zsnr.data.stats import ShardFailureGuard
 from zsnr.data.stream import ShardStream, Tokenizer, fresh_position
 from zsnr.data.synthetic import ensure_synthetic_shards, synthetic_url_pattern
 
@@ -32,6 +34,18 @@ def check_no_run_keys(data_cfg: Mapping[str, Any], where: Mapping[str, str] = RU
             "; ".join(f"data.{key} is not read: the run's {where[key]} sets it" for key in given)
             + ". Drop it from the data config / command line and set that instead"
         )
+
+
+class GuardedTracker(StreamTracker):
+    """A StreamTracker that also judges the rank's failed shards (stats.ShardFailureGuard) on each batch used."""
+
+    def __init__(self, finite: bool, batches_per_rank: int | None, guard: ShardFailureGuard):
+        super().__init__(finite, batches_per_rank)
+        self.guard = guard
+
+    def consumed(self, batch: dict[str, Any]) -> None:
+        super().consumed(batch)
+        self.guard.consumed(self.stats, batch.get("failed_shards", ()))
 
 
 class WebDataModule(pl.LightningDataModule):
@@ -71,6 +85,11 @@ class WebDataModule(pl.LightningDataModule):
         synthetic: Mapping[str, Any] | None = None,
         pin_memory: bool | None = None,
         prefetch_factor: int = 2,
+        max_bad_shard_fraction: float = 0.1,
+        http_timeout_s: float = 30.0,
+        http_retries: int = 3,
+        http_backoff_s: float = 1.0,
+        http_preflight: int = 8,
     ):
         super().__init__()
         if urls is None and synthetic is None:
@@ -83,6 +102,10 @@ class WebDataModule(pl.LightningDataModule):
             urls = synthetic_url_pattern(**self.synthetic)
         self.urls, self.allow_pipe = urls, allow_pipe
         self.sources = parse_sources(urls, allow_pipe)  # fails here, before any heavy work, on a bad list
+        self.http = HttpOptions(http_timeout_s, http_retries, http_backoff_s)
+        self.http_preflight, self.max_bad_shard_fraction = http_preflight, max_bad_shard_fraction
+        if self.synthetic is None:  # generated shards appear in prepare_data; given ones must exist now
+            self.check_shards()
         self.latent_cache = check_cache(self.sources, latent_signature) if decode == "latents" else None
         self.filters = LaionFilter.from_any(filters)
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
@@ -99,6 +122,8 @@ class WebDataModule(pl.LightningDataModule):
             max_bad_fraction=max_bad_fraction,
             tokenizer=tokenizer,
             decode=decode,
+            max_bad_shard_fraction=max_bad_shard_fraction,
+            http=self.http,
         )
         self.dataset: ShardStream | None = None
         self.tracker: StreamTracker | None = None
@@ -108,6 +133,35 @@ class WebDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.synthetic is not None:
             ensure_synthetic_shards(**self.synthetic)
+
+    def check_shards(self) -> None:
+        """Fail now, before any model loads, when local shards are missing or the first http ones answer 404.
+
+        Every local path is checked; of http(s) URLs, the first `http_preflight` of each source get a HEAD
+        request (0: none). Unreachable servers only warn here: the stream retries them and counts failures.
+        """
+        missing = missing_local_shards(self.sources)
+        total = sum(len(s.urls) for s in self.sources)
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {total} shard(s) not found, e.g. {missing[:3]}; check data.urls={self.urls!r}"
+            )
+        heads = [u for s in self.sources for u in [u for u in s.urls if is_http(u)][: self.http_preflight]]
+        if not heads:
+            return
+        gone, unreachable = missing_http_shards(heads, min(self.http.timeout_s, 10.0))
+        if gone:
+            raise FileNotFoundError(
+                f"{len(gone)} of the first {len(heads)} http shard(s) answer 404, e.g. {gone[:3]}; check "
+                f"data.urls={self.urls!r} (data.http_preflight={self.http_preflight} sets how many are checked)"
+            )
+        if unreachable:
+            log.warning(
+                "%d of %d http shard(s) did not answer a HEAD request, e.g. %s; the stream will retry them",
+                len(unreachable),
+                len(heads),
+                unreachable[:3],
+            )
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:
@@ -121,11 +175,6 @@ class WebDataModule(pl.LightningDataModule):
             return
         if self.synthetic is not None and self.trainer is None:
             self.prepare_data()  # plain use: nobody else calls it
-        missing = missing_local_shards(self.sources)
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} shard(s) not found, e.g. {missing[:3]}; check data.urls={self.urls!r}"
-            )
         rank, world = self._rank_world()
         self.dataset = ShardStream(self.sources, rank=rank, world_size=world, **self.stream_kwargs)
         if world > 1 and self.dataset.finite:
@@ -137,7 +186,11 @@ class WebDataModule(pl.LightningDataModule):
             if self.trainer is not None:
                 raise ValueError(message)
             log.warning(message)
-        self.tracker = StreamTracker(self.dataset.finite, self.dataset.batches_per_rank())
+        self.tracker = GuardedTracker(
+            self.dataset.finite,
+            self.dataset.batches_per_rank(),
+            ShardFailureGuard(self.max_bad_shard_fraction),
+        )
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
 
