@@ -208,6 +208,7 @@ def read_shard(
         on_failed("shard_open", url, repr(exn))
         return
     current: dict[str, Any] | None = None
+    failure: tuple[str, str] | None = None
     try:
         with tarfile.open(fileobj=stream, mode="r|*", tarinfo=EndAwareTarInfo) as tar:
             for info in tar:
@@ -234,12 +235,19 @@ def read_shard(
         if current is not None:
             yield current
     except ShardFailure as exn:  # the server stalled or dropped the connection past the retries
-        on_failed(exn.kind, url, str(exn))
+        failure = (exn.kind, str(exn))
     except (tarfile.TarError, OSError, EOFError) as exn:
         # the sample being read when the shard broke is incomplete: drop it, keep the ones before
-        on_failed("truncated_tar", url, repr(exn))
+        failure = ("truncated_tar", repr(exn))
     finally:
-        stream.close()
+        try:
+            stream.close()
+        except (
+            Exception
+        ) as exn:  # a failed pipe: command reports its exit status here: the cause, not the tar
+            failure = ("shard_open", repr(exn))
+        if failure is not None:  # once per shard
+            on_failed(failure[0], url, failure[1])
 
 
 def write_shards(

@@ -129,3 +129,11 @@ def test_a_tar_cut_between_two_members_is_reported_truncated(tmp_path):
     whole = write_tar(str(tmp_path / "w.tar"), members)
     events.clear()
     assert len(list(read_shard(whole, lambda *a: events.append(a)))) == 4 and not events
+
+
+def test_a_failing_pipe_command_is_a_failed_shard_not_a_crash(tmp_path):
+    """webdataset reports a pipe:'s exit status when the stream is closed; that used to escape read_shard."""
+    events = []
+    shard = str(tmp_path / "absent.tar")
+    assert list(read_shard(f"pipe:cat {shard}", lambda kind, url, d: events.append(kind))) == []
+    assert events == ["shard_open"]
