@@ -18,10 +18,7 @@ from zsnr.data import check_no_run_keys
 from zsnr.models import Tokenizer, check_model_files, encoder_signature
 from zsnr.training import (
     AtomicCheckpoint,
-    DataStatsLogger,
-    SampleGrid,
     StreamingCheckpointIO,
-    TrainMetrics,
     plan_batches,
     resolve_resume,
     world_size,
@@ -115,25 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         latent_signature=encoder_signature(model_spec),  # data.decode=latents: refuses another model's cache
     )
     module = instantiate(cfg.module)
-    callbacks += [
-        TrainMetrics(plan.global_batch_size, cfg.metrics.every_n_steps, cfg.metrics.timestep_buckets),
-        DataStatsLogger(cfg.metrics.every_n_steps),
-    ]
-    if cfg.samples.every_n_steps > 0:
-        s = cfg.samples
-        callbacks.append(
-            SampleGrid(
-                str(run_dir / "samples"),
-                list(s.prompts),
-                list(s.seeds),
-                s.every_n_steps,
-                s.num_steps,
-                s.guidance_scale,
-                s.guidance_rescale,
-                list(s.weights),
-            )
-        )
-    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # +callbacks.x._target_=...
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # configs/callbacks/
     with multirun_job_scope():  # -m with Lightning-launched ranks: each job's ranks run that job only
         trainer: pl.Trainer = instantiate(
             cfg.trainer,

@@ -154,11 +154,11 @@ class SampleGrid(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if pl_module.stepped and step % self.every_n_steps == 0 and step != self._done:
+        if self.every_n_steps and pl_module.stepped and step % self.every_n_steps == 0 and step != self._done:
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step != self._done:
+        if self.every_n_steps and trainer.global_step != self._done:  # 0: no grids, the final one neither
             self.run(trainer, pl_module)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, list[float]]:
