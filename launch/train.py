@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,7 @@ from zsnr.data import check_no_run_keys
 from zsnr.models import Tokenizer, check_model_files, encoder_signature
 from zsnr.training import (
     AtomicCheckpoint,
-    NonFiniteGuard,
-    SampleGrid,
     StreamingCheckpointIO,
-    TrainMetrics,
     plan_batches,
     resolve_resume,
     world_size,
@@ -34,6 +32,7 @@ from zsnr.training.cluster import (
     slurm_plugins,
     wait_for_launched_ranks,
 )
+from zsnr.training.loggers import wandb_run_id
 
 log = logging.getLogger("zsnr.train")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -46,6 +45,12 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
     gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if gpu else "32-true"
+
+
+def resolve_progress_bar(setting: Any) -> bool:
+    """`auto`: Lightning's live bar only on a terminal; in a SLURM log or a pipe it would write a line per
+    update, and TrainMetrics prints a `step N/M` line per metrics interval there instead."""
+    return sys.stdout.isatty() if setting == "auto" else bool(setting)
 
 
 def wandb_offline(setting: Any) -> bool:
@@ -73,8 +78,9 @@ def finish_wandb(trainer: pl.Trainer) -> None:
 
 
 def build_logger(cfg: DictConfig) -> Any:
-    if "offline" in cfg.logger:
-        return instantiate(cfg.logger, offline=wandb_offline(cfg.logger.offline))
+    if "offline" in cfg.logger:  # wandb: one wandb run for all attempts of this run (resume, requeue)
+        run_id = wandb_run_id(cfg.run_dir)
+        return instantiate(cfg.logger, offline=wandb_offline(cfg.logger.offline), id=run_id, resume="allow")
     return instantiate(cfg.logger)
 
 
@@ -108,28 +114,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         latent_signature=encoder_signature(model_spec),  # data.decode=latents: refuses another model's cache
     )
     module = instantiate(cfg.module)
-    callbacks += [
-        NonFiniteGuard(cfg.nonfinite.max_consecutive),
-        TrainMetrics(plan.global_batch_size, cfg.metrics.every_n_steps, cfg.metrics.timestep_buckets),
-    ]
-    if cfg.samples.every_n_steps > 0:
-        s = cfg.samples
-        callbacks.append(
-            SampleGrid(
-                str(run_dir / "samples"),
-                list(s.prompts),
-                list(s.seeds),
-                s.every_n_steps,
-                s.num_steps,
-                s.guidance_scale,
-                s.guidance_rescale,
-            )
-        )
-    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # +callbacks.x._target_=...
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # configs/callbacks/
     with multirun_job_scope():  # -m with Lightning-launched ranks: each job's ranks run that job only
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             precision=precision,
+            enable_progress_bar=resolve_progress_bar(cfg.trainer.get("enable_progress_bar", "auto")),
             accumulate_grad_batches=plan.accumulate_grad_batches,
             max_steps=cfg.max_steps,
             callbacks=callbacks,

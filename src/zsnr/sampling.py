@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from zsnr.diffusion import SAMPLERS, SPACINGS, img2img
-from zsnr.models.pipeline import guided_denoiser, initial_noise, text_to_image
+from zsnr.models.pipeline import guided_denoiser, image_generators, initial_noise, text_to_image
 from zsnr.models.schedule import Schedule
 from zsnr.models.text import Tokenizer
 
@@ -84,7 +84,8 @@ def image_to_image(
     neg = text_encoder(tokenizer([settings.negative_prompt] * len(prompts)).to(device))
     ae_dtype = next(autoencoder.parameters(), init_images).dtype
     x0 = autoencoder.encode(init_images.to(device, ae_dtype)).float()
-    noise = initial_noise(seeds, tuple(x0.shape[1:]), device)
+    generators = image_generators(seeds)
+    noise = initial_noise(generators, tuple(x0.shape[1:]), device)
     out = img2img(
         guided_denoiser(unet, pos, neg, settings.guidance_scale, settings.guidance_rescale),
         x0,
@@ -92,6 +93,7 @@ def image_to_image(
         schedule.timesteps(settings.num_steps),
         strength,
         noise=noise,
+        generator=generators,
         sampler=settings.sampler,
         prediction_type=schedule.prediction_type,
         eta=settings.eta,
@@ -114,8 +116,8 @@ def generate(
 
     `model` is a zsnr.training.InferenceModel. Its schedule (what it was trained with) is kept; the sampler
     and the spacing come from `settings`. `init_image` ([3, H, W] in [-1, 1], the model's resolution) turns
-    on image-to-image for every prompt. A seed fixes x_T (drawn on the CPU), so an image does not depend on
-    the batch it is in; stochastic samplers (ddpm, eta > 0) also draw from torch's global RNG, seeded per batch.
+    on image-to-image for every prompt. A seed fixes x_T and, for stochastic samplers (ddpm, euler_ancestral,
+    eta > 0), every later draw (one CPU generator per image): an image does not depend on the batch it is in.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"need one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds")
@@ -123,8 +125,6 @@ def generate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     schedule = replace(model.schedule, sampler=settings.sampler, spacing=settings.spacing)
     batches = range(0, len(prompts), batch_size)
-    device = next(model.unet.parameters()).device
-    devices = [device] if device.type == "cuda" else []
     if progress:
         from tqdm.auto import tqdm
 
@@ -132,21 +132,19 @@ def generate(
     out = []
     for i in batches:
         p, s = prompts[i : i + batch_size], seeds[i : i + batch_size]
-        with torch.random.fork_rng(devices=devices):  # the caller's RNG stays as it was
-            torch.manual_seed(s[0])
-            if init_image is None:
-                images = text_to_image(
-                    model.unet, model.autoencoder, model.text_encoder, model.tokenizer, schedule, p, s,
-                    model.resolution, num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
-                    guidance_rescale=settings.guidance_rescale, negative_prompt=settings.negative_prompt,
-                    sampler=settings.sampler, eta=settings.eta, progress=progress,
-                )  # fmt: skip
-            else:
-                init = init_image.unsqueeze(0).expand(len(p), -1, -1, -1)
-                images = image_to_image(
-                    model.unet, model.autoencoder, model.text_encoder, model.tokenizer, schedule, init, p, s,
-                    strength, settings, progress=progress,
-                )  # fmt: skip
+        if init_image is None:
+            images = text_to_image(
+                model.unet, model.autoencoder, model.text_encoder, model.tokenizer, schedule, p, s,
+                model.resolution, num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
+                guidance_rescale=settings.guidance_rescale, negative_prompt=settings.negative_prompt,
+                sampler=settings.sampler, eta=settings.eta, progress=progress,
+            )  # fmt: skip
+        else:
+            init = init_image.unsqueeze(0).expand(len(p), -1, -1, -1)
+            images = image_to_image(
+                model.unet, model.autoencoder, model.text_encoder, model.tokenizer, schedule, init, p, s,
+                strength, settings, progress=progress,
+            )  # fmt: skip
         out.append(images.cpu())
     return torch.cat(out)
 

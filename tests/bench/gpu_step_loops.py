@@ -2,7 +2,7 @@
 
 ours:  DiffusionModule.training_step through a pytorch_lightning Trainer built from configs/trainer/default.yaml
        (precision plugin, gradient clipping at 1.0, AdamW, the EMA update in optimizer_step) with the callbacks
-       launch/train.py always adds (NonFiniteGuard, TrainMetrics); batches from the latent cache, so no VAE.
+       launch/train.py always adds (TrainMetrics, DataStatsLogger); batches from the latent cache, so no VAE.
 plain: a diffusers-style loop (train_text_to_image.py's shape): DDPMScheduler.add_noise / get_velocity, the
        same UNet under torch.autocast, MSE on v, loss.backward(), clip_grad_norm_(1.0), AdamW; no EMA.
 Both read the same pinned latent batch each step (host to device, as from a DataLoader). Timing: the device is
@@ -150,12 +150,12 @@ def trainer_kwargs(accelerator: str) -> dict[str, Any]:
 
 def run_ours(module: pl.LightningModule, v: Variant, batch: dict, device: torch.device, warmup: int,
              seconds: float, max_steps: int) -> Timing:  # fmt: skip
-    from zsnr.training import NonFiniteGuard, TrainMetrics
+    from zsnr.training import DataStatsLogger, TrainMetrics
 
     timer = StepTimer(warmup, seconds, max_steps, v.count_flops)
     callbacks: list[pl.Callback] = [timer]
     if v.callbacks:
-        callbacks += [NonFiniteGuard(), TrainMetrics(v.batch)]
+        callbacks += [TrainMetrics(v.batch), DataStatsLogger()]
     kwargs = trainer_kwargs("gpu" if device.type == "cuda" else "cpu")
     kwargs.update(precision=v.precision, benchmark=v.cudnn_benchmark, max_steps=warmup + max_steps)
     trainer = pl.Trainer(**kwargs, callbacks=callbacks)

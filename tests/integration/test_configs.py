@@ -36,7 +36,16 @@ def test_experiment_runs_two_steps_with_the_tiny_model(experiment, train, tmp_pa
     out = train(cfg)
     assert out["trainer"].global_step == 2
     assert out["last_checkpoint"].name == "step=000002.ckpt"
-    assert (tmp_path / "samples" / "step=000002.png").exists() == (full.samples.every_n_steps > 0)
+    assert (tmp_path / "samples" / "step=000002_ema.png").exists() == (full.samples.every_n_steps > 0)
+
+
+def test_callbacks_are_a_config_group_to_drop_from_or_add_to(train, tmp_path, data_root):
+    run = [*tiny_run(tmp_path, data_root, steps=1), "~callbacks.samples",
+           "+callbacks.lr._target_=pytorch_lightning.callbacks.LearningRateMonitor"]  # fmt: skip
+    out = train(compose("train", run))
+    names = {type(c).__name__ for c in out["trainer"].callbacks}
+    assert {"TrainMetrics", "DataStatsLogger", "LearningRateMonitor", "AtomicCheckpoint"} <= names
+    assert "SampleGrid" not in names and not (tmp_path / "samples").exists()
 
 
 def test_paper_recipe_values():

@@ -131,7 +131,7 @@ def test_multirun_runs_each_job_once_with_its_own_ranks(sweep):
             f"rank0-to{N}.jsonl",
             f"rank1-to{N}.jsonl",
         ]
-        assert (d / "samples" / f"step={N:06d}.png").exists()
+        assert (d / "samples" / f"step={N:06d}_ema.png").exists()
 
 
 def test_ddp_matches_one_process_with_twice_the_accumulation(sweep, reference):

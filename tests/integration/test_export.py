@@ -13,7 +13,7 @@ from training_helpers import compose, launch_module
 from zsnr import audit
 from zsnr.export import clip_tokenizer, ddim_scheduler, export_diffusers, open_clip_to_clip_text_model
 from zsnr.models import IdentityAutoencoder
-from zsnr.models.pipeline import initial_noise
+from zsnr.models.pipeline import image_generators, initial_noise
 from zsnr.models.schedule import Schedule
 from zsnr.models.text import OpenCLIPTextEncoder, Tokenizer
 from zsnr.training import load_for_inference
@@ -57,7 +57,7 @@ def test_diffusers_pipeline_samples_what_zsnr_samples(exported):
     pipe.set_progress_bar_config(disable=True)
     model = load_for_inference(ckpt)
     seeds = [0, 1, 2]
-    x_T = initial_noise(seeds, (4, 16, 16), "cpu")
+    x_T = initial_noise(image_generators(seeds), (4, 16, 16), "cpu")
     # S divides T: diffusers' DDIM steps to t - T // S, which is the next trailing timestep only then
     ours = model.generate(PROMPTS, seeds, num_steps=5, guidance_scale=7.5, guidance_rescale=0.7)
     theirs = pipe(

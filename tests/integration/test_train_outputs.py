@@ -42,6 +42,17 @@ def test_checkpoint_loads_for_inference_with_its_schedule(flawed_run, tmp_path):
         load_for_inference(tmp_path / "tampered.ckpt")
 
 
+def test_sample_grids_show_the_ema_and_the_online_weights_labelled(flawed_run):
+    out, cfg = flawed_run
+    samples = out["run_dir"] / "samples"
+    records = {w: json.loads((samples / f"step=000002_{w}.json").read_text()) for w in ("ema", "online")}
+    for weights, record in records.items():
+        assert record["weights"] == weights and (samples / f"step=000002_{weights}.png").exists()
+    # after 2 steps the EMA (warmup decay 0.1, then 0.18) is not the online UNet: different images
+    ema, online = ([r["brightness"] for r in records[w]["images"]] for w in ("ema", "online"))
+    assert ema != online
+
+
 def test_latent_cache_stores_the_posterior_and_refuses_another_model(tmp_path, data_root):
     from zsnr.data import WebDataModule
     from zsnr.models import Tokenizer, encoder_signature
@@ -118,3 +129,36 @@ def test_a_bad_resume_or_data_key_fails_before_any_model_loads(tmp_path, data_ro
     with pytest.raises(ValueError, match="data.resolution is not read: the run's model.resolution sets it"):
         train(compose("train", [*base, "+data.resolution=64"]))
     assert not built and not (run_dir / "config.yaml").exists()  # nothing built, the run's config untouched
+
+
+def test_metrics_and_the_wandb_run_survive_resumes_and_data_stats_are_logged(tmp_path, data_root, caplog):
+    import csv
+
+    train = launch_module("train").train
+    run_dir = tmp_path / "run"
+    base = [*tiny_run(run_dir, data_root, steps=4), "checkpoint.every_n_steps=2", "metrics.every_n_steps=1",
+            "samples.every_n_steps=0"]  # fmt: skip
+    with caplog.at_level("INFO", logger="zsnr.train"):
+        train(compose("train", base))
+    assert "data at step 2 (all ranks): seen " in caplog.text and "accepted" in caplog.text
+    metrics = run_dir / "csv" / "metrics.csv"
+
+    def steps_of(name):
+        return [int(r["step"]) for r in csv.DictReader(metrics.open()) if r.get(name)]
+
+    assert steps_of("train/grad_norm") == [1, 2, 3, 4] and steps_of("data/seen")
+    with pytest.raises(FileNotFoundError):  # a failed resume leaves the history alone
+        train(compose("train", [*base, f"resume={tmp_path}/nope.ckpt"]))
+    # an attempt that died after step 4 resumes from step 2: steps 3-4 are redone and logged once
+    train(compose("train", [*base, "max_steps=6", f"resume='{run_dir}/checkpoints/step=000002.ckpt'"]))
+    assert steps_of("train/grad_norm") == [1, 2, 3, 4, 5, 6]
+    seen = [float(r["data/seen"]) for r in csv.DictReader(metrics.open()) if r.get("data/seen")]
+    assert seen == sorted(seen)  # cumulative, restored on resume
+
+    wandb_dir = tmp_path / "wandb_run"
+    wb = [*tiny_run(wandb_dir, data_root, steps=2), "logger=wandb", "samples.every_n_steps=0"]
+    train(compose("train", wb))
+    train(compose("train", [*wb, "max_steps=3", "resume=auto"]))
+    run_id = (wandb_dir / "wandb_run_id").read_text().strip()
+    runs = sorted((wandb_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)

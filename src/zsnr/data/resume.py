@@ -110,7 +110,7 @@ class ResumableLoader:
     def _empty_pass_message(self, epoch: int, counts: Counter) -> str:
         urls = [u for s in self.dataset.sources for u in s.urls]
         shown = ", ".join(urls[:5]) + (f" and {len(urls) - 5} more" if len(urls) > 5 else "")
-        nonzero = {k: v for k, v in sorted(counts.items()) if v}
+        nonzero = {k: v for k, v in sorted(counts.items()) if v and not k.startswith("shards/")}
         return (
             f"data epoch {epoch}: a whole exact pass over {len(urls)} shard(s) ({shown}) gave rank "
             f"{self.dataset.rank} no batch: {counts['seen']} samples read, {counts['accepted']} accepted, "

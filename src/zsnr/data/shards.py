@@ -18,6 +18,8 @@ import webdataset as wds
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
+from zsnr.data.http_shards import HttpOptions, HttpShard, ShardFailure, is_http
+
 UrlSpec = str | Sequence[str] | Sequence[Mapping[str, Any]]
 
 
@@ -157,20 +159,58 @@ class BadData(Exception):
         self.kind = kind
 
 
-def read_shard(url: str, on_bad: Callable[[str, str, str], None]) -> Iterator[dict[str, Any]]:
+class EndAwareTarInfo(tarfile.TarInfo):
+    """Notes on the TarFile how its members ended: "marker" at the end-of-archive blocks, else the header error.
+
+    tarfile treats a header missing at end of file (a tar cut between two members) like the end marker;
+    read_shard tells them apart with this.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            tar.zsnr_end = "marker"
+            raise
+        except tarfile.HeaderError as exn:
+            tar.zsnr_end = type(exn).__name__
+            raise
+
+
+def open_shard(url: str, http: HttpOptions | None = None) -> Any:
+    """A binary stream of the shard: http(s) through HttpShard (timeouts, retries), the rest by webdataset."""
+    if is_http(url):
+        return HttpShard(url, http or HttpOptions())
+    return wds.gopen(url, "rb")
+
+
+def read_shard(
+    url: str,
+    on_bad: Callable[[str, str, str], None],
+    on_failed: Callable[[str, str, str], None] | None = None,
+    http: HttpOptions | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield the samples of one tar shard as {"__key__", "__url__", ext: bytes}, in file order.
 
     Members are grouped by key (the name up to the first dot), as webdataset does. A shard that cannot be
-    opened or ends early is reported through on_bad(kind, url, detail) and the samples read so far are kept.
+    opened or read to its end is reported once through on_failed(kind, url, detail) (on_bad when not given),
+    kind being shard_open, truncated_tar or one of http_shards.HTTP_KINDS; the samples read before are kept.
+    A problem inside one sample (a duplicate member) goes to on_bad.
     """
+    on_failed = on_failed or on_bad
     try:
-        stream = wds.gopen(url, "rb")
-    except Exception as exn:  # missing file, network error, failed command
-        on_bad("shard_open", url, repr(exn))
+        stream = open_shard(url, http)
+    except ShardFailure as exn:
+        on_failed(exn.kind, url, str(exn))
+        return
+    except Exception as exn:  # missing file, failed command
+        on_failed("shard_open", url, repr(exn))
         return
     current: dict[str, Any] | None = None
+    failure: tuple[str, str] | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=stream, mode="r|*", tarinfo=EndAwareTarInfo) as tar:
             for info in tar:
                 if not info.isreg():
                     continue
@@ -188,13 +228,26 @@ def read_shard(url: str, on_bad: Callable[[str, str, str], None]) -> Iterator[di
                     on_bad("duplicate_member", url, info.name)
                     continue
                 current[ext] = data
+            if getattr(tar, "zsnr_end", None) != "marker":  # tarfile ends quietly at a cut between members
+                raise tarfile.ReadError(
+                    f"the tar ends without its end-of-archive blocks after byte {tar.offset}: it is cut short"
+                )
         if current is not None:
             yield current
+    except ShardFailure as exn:  # the server stalled or dropped the connection past the retries
+        failure = (exn.kind, str(exn))
     except (tarfile.TarError, OSError, EOFError) as exn:
         # the sample being read when the shard broke is incomplete: drop it, keep the ones before
-        on_bad("truncated_tar", url, repr(exn))
+        failure = ("truncated_tar", repr(exn))
     finally:
-        stream.close()
+        try:
+            stream.close()
+        except (
+            Exception
+        ) as exn:  # a failed pipe: command reports its exit status here: the cause, not the tar
+            failure = ("shard_open", repr(exn))
+        if failure is not None:  # once per shard
+            on_failed(failure[0], url, failure[1])
 
 
 def write_shards(

@@ -24,6 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from zsnr.data import latents
 from zsnr.data.decode import IMAGE_EXTS, decode_image, first_member, read_caption, read_metadata
 from zsnr.data.filters import LaionFilter
+from zsnr.data.http_shards import HttpOptions
 from zsnr.data.shards import BadData, ShardPlan, Source, read_shard
 from zsnr.data.stats import DataStats, ShardVerdicts
 
@@ -57,6 +58,8 @@ class ShardStream(IterableDataset):
         decode: str = "images",
         rank: int = 0,
         world_size: int = 1,
+        max_bad_shard_fraction: float = 0.1,
+        http: HttpOptions | None = None,
     ):
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
@@ -73,6 +76,7 @@ class ShardStream(IterableDataset):
         self.filters = LaionFilter.off() if decode == "latents" else (filters or LaionFilter())
         self.max_bad_fraction, self.tokenizer, self.decode = max_bad_fraction, tokenizer, decode
         self.rank, self.world_size = rank, world_size
+        self.max_bad_shard_fraction, self.http = max_bad_shard_fraction, http or HttpOptions()
         self.position = fresh_position()
         self.report_end = False
         self._seed: int | str = seed
@@ -100,7 +104,7 @@ class ShardStream(IterableDataset):
         if quota is not None and done >= quota:
             return
         where = f" by rank {self.rank} worker {worker}"
-        stats = DataStats(where, self.filters.counter_names())
+        stats = DataStats(where, self.filters.counter_names(), self.max_bad_shard_fraction)
         # Re-reading from a saved token counts again what the saved batch's counts already held (its shuffle
         # block, and what was read ahead): until the first sample decodes, exactly that is read, then dropped.
         saved = self.position["workers"].get(worker)
@@ -110,6 +114,7 @@ class ShardStream(IterableDataset):
         samples = self._shuffled(self._records(plan, token[0], token[1], stop, stats), plan, g, token)
         tag = {"epoch": self.position["epoch"], "worker": worker}
         yield from self._batches(samples, stats, g, tag, token, done, quota)
+        stats.check_shards(final=self.finite)
         if self.report_end:
             yield {END_OF_STREAM: True, "stats": {} if self._recounting else stats.delta()}
 
@@ -192,7 +197,7 @@ class ShardStream(IterableDataset):
                 stats.bad(kind, url, detail)
                 self._shards.bad(shard, kind)
 
-            for index, sample in enumerate(read_shard(task.url, on_bad)):
+            for index, sample in enumerate(self._read(task.url, stats, on_bad)):
                 if (task.ordinal == start and index < skip) or index % task.stride != task.offset:
                     continue
                 record = self._scan(sample, stats, on_bad)
@@ -207,6 +212,12 @@ class ShardStream(IterableDataset):
                     f"{empty_run} shards in a row gave no usable sample{stats.where} (counts so far: "
                     f"{dict(stats.counts)}). Check the shard URLs and the filter thresholds (data.filters)."
                 )
+
+    def _read(self, url: str, stats: DataStats, on_bad: Callable) -> Iterator[dict[str, Any]]:
+        """One shard's samples; a shard that fails counts against data.max_bad_shard_fraction."""
+        stats.shard_started()
+        yield from read_shard(url, on_bad, stats.shard_failed, self.http)
+        stats.check_shards()
 
     def _scan(self, sample: dict[str, Any], stats: DataStats, on_bad: Callable) -> dict[str, Any] | None:
         """Cheap checks on raw bytes and json: returns a record to shuffle, or None (counted)."""
@@ -290,5 +301,6 @@ class ShardStream(IterableDataset):
         if self.tokenizer is not None:
             batch["input_ids"] = self.tokenizer(batch["caption"])
         batch["stats"] = stats.delta()
+        batch["failed_shards"] = stats.take_failed_shards()  # [(url, kind)]: the rank-wide limit names them
         batch["resume"] = resume
         return batch

@@ -10,19 +10,27 @@ Notation per step: a = abar_{t_i}, n = abar_{t_{i+1}} (1 at the end), x = x_{t_i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .parameterization import add_noise, check_prediction_type, predict_x0_eps
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 SAMPLERS = ("ddim", "ddpm", "euler_ancestral", "dpmpp_2m")
 _DEFAULT_ETA = {"ddim": 0.0, "euler_ancestral": 1.0}
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _noise_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """N(0, I) shaped like x. A sequence of generators (one per image, on their own device) gives image i its
+    own stream, so what a stochastic sampler draws for an image does not depend on the batch it is in."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}: give one per image")
+    draws = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
+    return torch.stack(draws).to(x.device)
 
 
 def _ratio(a: float, n: float) -> float:
@@ -142,7 +150,7 @@ def sample(
     sampler: str = "ddim",
     prediction_type: str = "v_prediction",
     eta: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Run a sampler from x at timesteps[0] down to x0; returns x0 in float32 (or x_T's wider dtype).
@@ -151,7 +159,8 @@ def sample(
     of any float dtype (bfloat16 included) and is cast up. Samplers: ``ddim`` (eta in [0, 1], default 0),
     ``ddpm`` (x0-form posterior, eq. 20), ``euler_ancestral`` (eta default 1; with eta it coincides with
     DDIM(eta), a known identity the tests check), ``dpmpp_2m``. ``eta=None`` means the sampler's default.
-    ``timesteps`` is any strictly descending subset of 0..T-1 (see select_timesteps).
+    ``timesteps`` is any strictly descending subset of 0..T-1 (see select_timesteps). ``generator``: one
+    torch.Generator for the batch, or one per image (then image i is the same in any batch).
     """
     check_prediction_type(prediction_type)
     eta = _resolve_eta(sampler, eta)
@@ -187,7 +196,7 @@ def img2img(
     timesteps: torch.Tensor,
     strength: float,
     noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     **sample_kwargs,
 ) -> torch.Tensor:
     """Start from a given image: noise x0 to the timestep that ``strength`` selects, then sample.

@@ -21,10 +21,17 @@ def mean_brightness(images: torch.Tensor) -> torch.Tensor:
     return (images * w).sum(1).mean(dim=(1, 2))
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-    """x_T for each seed, drawn on the CPU so a seed gives the same start on every device."""
-    xs = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return torch.stack(xs).to(device)
+def image_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded with its seed: x_T is its first draw, then every draw a stochastic
+    sampler makes for that image, so an image depends on its seed alone, on any device and in any batch."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(
+    generators: list[torch.Generator], shape: tuple[int, ...], device: torch.device | str
+) -> torch.Tensor:
+    """x_T, one image per generator (image_generators), drawn on the CPU: the same start on every device."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
 
 def guided_denoiser(
@@ -72,7 +79,8 @@ def text_to_image(
     pos = text_encoder(tokenizer(prompts).to(device))
     neg = text_encoder(tokenizer([negative_prompt] * len(prompts)).to(device))
     size = resolution // autoencoder.downsample
-    x_T = initial_noise(seeds, (autoencoder.latent_channels, size, size), device)
+    generators = image_generators(seeds)
+    x_T = initial_noise(generators, (autoencoder.latent_channels, size, size), device)
 
     x0 = sample(
         guided_denoiser(unet, pos, neg, guidance_scale, phi),
@@ -82,6 +90,7 @@ def text_to_image(
         sampler=sampler or schedule.sampler,
         prediction_type=schedule.prediction_type,
         eta=eta,
+        generator=generators,
         progress=progress,
     )
     return autoencoder.decode(x0.to(next(autoencoder.parameters(), x0).dtype)).float().clamp(-1, 1)

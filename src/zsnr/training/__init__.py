@@ -1,7 +1,7 @@
 """Training: the LightningModule, EMA, callbacks, batch arithmetic, checkpoints and inference loading."""
 
 from zsnr.training.batching import BatchPlan, plan_batches, world_size
-from zsnr.training.callbacks import NonFiniteGuard, SampleGrid, TrainMetrics
+from zsnr.training.callbacks import DataStatsLogger, SampleGrid, TrainMetrics
 from zsnr.training.checkpointing import (
     AtomicCheckpoint,
     StreamingCheckpointIO,
@@ -15,9 +15,9 @@ from zsnr.training.module import DiffusionModule
 __all__ = [
     "AtomicCheckpoint",
     "BatchPlan",
+    "DataStatsLogger",
     "DiffusionModule",
     "InferenceModel",
-    "NonFiniteGuard",
     "SampleGrid",
     "StreamingCheckpointIO",
     "TrainMetrics",

@@ -1,18 +1,28 @@
-"""Callbacks: what the training step should not carry (metrics, sample images, the non-finite guard)."""
+"""Callbacks: what the training step should not carry (metrics, data statistics, sample images).
+
+They act right after an optimizer step was applied: DiffusionModule.stepped says so (the module owns the
+step accounting; a step skipped for a non-finite loss is not one).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
+from zsnr.data import WebDataModule, summary_line
 from zsnr.models.pipeline import mean_brightness
+
+log = logging.getLogger("zsnr.train")
 
 
 def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -22,65 +32,10 @@ def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
             logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def grad_norm(parameters: Any) -> torch.Tensor:
-    """Total L2 norm of the gradients (full norm across FSDP2 shards; every rank must call it)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    norm = torch.nn.utils.get_total_norm(grads)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-
-class NonFiniteGuard(pl.Callback):
-    """A non-finite loss or gradient never reaches the weights: the step is skipped and counted, and after
-    `max_consecutive` bad batches in a row training stops with an error. Also logs the gradient norm."""
-
-    def __init__(self, max_consecutive: int = 10) -> None:
-        self.max_consecutive = max_consecutive
-        self.skipped = 0
-        self.consecutive = 0
-        self._bad_grads = False
-
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
-    ) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        norm = grad_norm(params)
-        if not torch.isfinite(norm):
-            for p in params:
-                p.grad = None  # AdamW leaves parameters without gradients untouched
-            self._bad_grads = True
-        _log(trainer, {"train/grad_norm": float(norm)})
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args
-    ) -> None:
-        skipped = not isinstance(outputs, dict) or outputs.get("loss") is None  # Lightning passes {} for None
-        bad = skipped or self._bad_grads
-        self._bad_grads = False
-        if not bad:
-            self.consecutive = 0
-            return
-        self.skipped += 1
-        self.consecutive += 1
-        _log(trainer, {"train/skipped_batches": float(self.skipped)})
-        if self.consecutive >= self.max_consecutive:
-            raise RuntimeError(
-                f"{self.consecutive} batches in a row had a non-finite loss or gradient (step "
-                f"{trainer.global_step}, {self.skipped} skipped in all); stopping. Lower the learning rate, check "
-                "the data (batch stats) and the precision setting, then resume from the last checkpoint."
-            )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped, "consecutive": self.consecutive}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.skipped, self.consecutive = int(state_dict["skipped"]), int(state_dict["consecutive"])
-
-
 class TrainMetrics(pl.Callback):
-    """Every `every_n_steps` optimizer steps: loss by timestep bucket, lr, throughput (images/s); where the
-    output is not a terminal (a SLURM log, a pipe) also one line `step N/M  loss ...` on stdout."""
+    """Every `every_n_steps` optimizer steps: loss by timestep bucket, lr, throughput (images/s), the gradient
+    norm and the count of skipped steps; where the output is not a terminal (a SLURM log, a pipe) also one line
+    `step N/M  loss ...` on stdout."""
 
     def __init__(self, images_per_step: int, every_n_steps: int = 10, buckets: int = 10) -> None:
         self.images_per_step = images_per_step
@@ -105,7 +60,7 @@ class TrainMetrics(pl.Callback):
             self._sums.index_add_(0, bucket, outputs["per_sample_loss"].double().cpu())
             self._counts.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
         step = trainer.global_step
-        if step == self._since_step or step % self.every_n_steps:
+        if not pl_module.stepped or step == self._since_step or step % self.every_n_steps:
             return
         now = time.perf_counter()
         seconds = (now - self._since) / (step - self._since_step)
@@ -113,6 +68,8 @@ class TrainMetrics(pl.Callback):
             "train/step_time_s": seconds,
             "train/images_per_s": self.images_per_step / seconds,
             "train/lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "train/grad_norm": pl_module.last_grad_norm,
+            "train/skipped_steps": float(pl_module.skipped_steps),
         }
         width = pl_module.schedule.num_timesteps // self.buckets
         for i in range(self.buckets):
@@ -126,9 +83,47 @@ class TrainMetrics(pl.Callback):
         self._reset(now, step)
 
 
+class DataStatsLogger(pl.Callback):
+    """The data counters (WebDataModule.stats: seen, accepted, rejected/<filter>, bad/<kind>; cumulative,
+    restored on resume) as data/<name> metrics summed over ranks every `every_n_steps` optimizer steps, and
+    at every checkpoint one line on the log with the totals of all ranks."""
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, WebDataModule) or not pl_module.stepped:
+            return
+        if trainer.global_step % self.every_n_steps == 0:
+            names = sorted(datamodule.stats)  # every rank has every counter (DataStats starts them all at 0)
+            counts = torch.tensor(
+                [datamodule.stats[n] for n in names], dtype=torch.float64, device=pl_module.device
+            )
+            total = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+            _log(trainer, {f"data/{name}": count for name, count in zip(names, total, strict=True)})
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, WebDataModule) or not trainer.is_global_zero:
+            return
+        state = checkpoint.get(type(datamodule).__qualname__) or {}  # every rank's counts, gathered already
+        totals: Counter[str] = Counter()
+        for rank in state.get("ranks", []):
+            totals.update(rank["stats"])
+        log.info("data at step %d (all ranks): %s", trainer.global_step, summary_line(totals))
+
+
 class SampleGrid(pl.Callback):
-    """Every `every_n_steps` and at the end: EMA samples for fixed prompts and seeds, saved as a PNG grid with
-    a JSON of each image's mean brightness, logged (images to wandb, brightness as metrics to every logger)."""
+    """Every `every_n_steps` and at the end: samples for fixed prompts and seeds from each of `weights` ("ema":
+    the average, what export and evaluation use; "online": the weights being trained, which is what shows
+    progress while a slow EMA, e.g. 0.9999 without warmup, is still mostly the starting model), saved as
+    labelled PNG grids (step=NNNNNN_ema.png, step=NNNNNN_online.png) with a JSON of each image's mean
+    brightness, and logged: images to wandb, brightness as samples/<weights>/brightness/... to every logger."""
 
     def __init__(
         self,
@@ -139,10 +134,17 @@ class SampleGrid(pl.Callback):
         num_steps: int = 25,
         guidance_scale: float = 7.5,
         guidance_rescale: float | None = None,
+        weights: Sequence[str] = ("ema", "online"),
     ) -> None:
+        unknown = set(weights) - {"ema", "online"}
+        if unknown or not weights:
+            raise ValueError(
+                f"samples.weights must be a non-empty list of 'ema' / 'online', got {list(weights)}"
+            )
         self.dirpath = Path(dirpath)
         self.pairs = [(p, int(s)) for p in prompts for s in seeds]
         self.every_n_steps = every_n_steps
+        self.weights = list(weights)
         self.kwargs = {
             "num_steps": num_steps,
             "guidance_scale": guidance_scale,
@@ -152,41 +154,54 @@ class SampleGrid(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if step and step % self.every_n_steps == 0 and step != self._done:
+        if self.every_n_steps and pl_module.stepped and step % self.every_n_steps == 0 and step != self._done:
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step != self._done:
+        if self.every_n_steps and trainer.global_step != self._done:  # 0: no grids, the final one neither
             self.run(trainer, pl_module)
 
-    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[float]:
-        """Every rank samples (a sharded EMA needs them all); rank 0 writes and logs."""
-        from torchvision.utils import save_image
-
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, list[float]]:
+        """Every rank samples (a sharded model needs them all); rank 0 writes and logs. Returns the brightness
+        of each image, per weights."""
         step, self._done = trainer.global_step, trainer.global_step
         prompts, seeds = [p for p, _ in self.pairs], [s for _, s in self.pairs]
-        images = pl_module.sample_images(prompts, seeds, **self.kwargs).cpu()
-        brightness = mean_brightness(images).tolist()
-        if not trainer.is_global_zero:
-            return brightness
+        out = {}
+        for weights in self.weights:
+            images = pl_module.sample_images(prompts, seeds, use_ema=weights == "ema", **self.kwargs).cpu()
+            out[weights] = mean_brightness(images).tolist()
+            if trainer.is_global_zero:
+                self._write(trainer, step, weights, images, out[weights])
+        return out
+
+    def _write(
+        self, trainer: pl.Trainer, step: int, weights: str, images: torch.Tensor, brightness: list[float]
+    ) -> None:
+        from torchvision.utils import save_image
+
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        stem = self.dirpath / f"step={step:06d}"
-        per_row = max(1, len(self.pairs) // len(set(prompts)))
+        stem = self.dirpath / f"step={step:06d}_{weights}"
+        per_row = max(1, len(self.pairs) // len({p for p, _ in self.pairs}))
         save_image((images + 1) / 2, f"{stem}.png", nrow=per_row, padding=1)
         rows = [
             {"prompt": p, "seed": s, "brightness": b}
             for (p, s), b in zip(self.pairs, brightness, strict=True)
         ]
-        Path(f"{stem}.json").write_text(json.dumps({"step": step, **self.kwargs, "images": rows}, indent=1))
+        record = {"step": step, "weights": weights, **self.kwargs, "images": rows}
+        Path(f"{stem}.json").write_text(json.dumps(record, indent=1))
         _log(
             trainer,
-            {f"samples/brightness/{_slug(r['prompt'])}_seed{r['seed']}": r["brightness"] for r in rows},
+            {
+                f"samples/{weights}/brightness/{_slug(r['prompt'])}_seed{r['seed']}": r["brightness"]
+                for r in rows
+            },
         )
-        captions = [f"{r['prompt']} (seed {r['seed']}): brightness {r['brightness']:+.3f}" for r in rows]
+        captions = [
+            f"{weights}: {r['prompt']} (seed {r['seed']}): brightness {r['brightness']:+.3f}" for r in rows
+        ]
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):  # WandbLogger
-                logger.log_image("samples", list((images + 1) / 2), step=step, caption=captions)
-        return brightness
+                logger.log_image(f"samples/{weights}", list((images + 1) / 2), step=step, caption=captions)
 
 
 def _slug(text: str) -> str:

@@ -95,12 +95,7 @@ class StreamingCheckpointIO(TorchCheckpointIO):
 
 def checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
     """A zsnr checkpoint file from a .ckpt path, a run directory or its checkpoints/ folder (their newest)."""
-    path = Path(path).expanduser()
-    if path.is_dir() and not path.name.endswith(".ckpt"):
-        found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{what} {path}: no checkpoint in it or in {path / 'checkpoints'}")
-        path = found
+    path = _newest_in_run(Path(path).expanduser(), f"{what} {path}")
     if path.is_dir():
         raise ValueError(
             f"{what} {path} is a directory (a sharded checkpoint); consolidate it into one file first "
@@ -109,6 +104,16 @@ def checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path}: no such file")
     return path
+
+
+def _newest_in_run(path: Path, what: str) -> Path:
+    """A run directory or its checkpoints/ folder stands for its newest checkpoint; anything else is itself."""
+    if not path.is_dir() or path.name.endswith(".ckpt"):  # a sharded FSDP checkpoint is a *.ckpt directory
+        return path
+    found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"{what}: no checkpoint in {path} or {path / 'checkpoints'}")
+    return found
 
 
 def load_mapped(path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
@@ -142,16 +147,11 @@ class AtomicCheckpoint(pl.Callback):
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
         self._saved_step = -1
-        self._seen_step = 0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._seen_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        stepped, self._seen_step = step != self._seen_step, step  # only right after an optimizer step,
-        if stepped and step % self.every_n_steps == 0:  # never in the middle of an accumulation
-            self.save(trainer, step)
+        # only right after an applied optimizer step: never mid-accumulation, never for a skipped step
+        if pl_module.stepped and trainer.global_step % self.every_n_steps == 0:
+            self.save(trainer, trainer.global_step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != self._saved_step:
@@ -214,12 +214,7 @@ def resolve_resume(resume: str | None, checkpoint_dir: str | os.PathLike) -> str
             f"resume=auto: {'continuing from ' + str(found) if found else 'no checkpoint yet, fresh start'}"
         )
         return str(found) if found else None
-    path = Path(resume).expanduser()
-    if path.is_dir() and not path.name.endswith(".ckpt"):
-        found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"resume={resume}: no checkpoint in {path} or {path / 'checkpoints'}")
-        path = found
+    path = _newest_in_run(Path(resume).expanduser(), f"resume={resume}")
     if not path.exists():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint. Use resume=auto or a path to a .ckpt")
     if path.is_file():  # (a sharded FSDP checkpoint is a directory, read by torch.distributed.checkpoint)

@@ -72,19 +72,14 @@ class SlurmRequeue(pl.Callback):
         self.requeue = requeue
         self.requested = False
         self.handled_step: int | None = None
-        self._seen_step = 0
         self._previous = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.requested = True  # async-signal-safe: the work happens at the next step boundary
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._seen_step = trainer.global_step
-
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        stepped, self._seen_step = step != self._seen_step, step
-        if not stepped:  # mid-accumulation: every rank is at the same place only after an optimizer step
+        if not pl_module.stepped:  # every rank is at the same place only right after an optimizer step
             return
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):  # any rank signalled
             return

@@ -28,6 +28,7 @@ from zsnr.training.checkpointing import restore_rng_states, rng_states
 from zsnr.training.ema import ema_decay, ema_update_
 from zsnr.training.init_weights import apply_init_weights, load_init_weights
 from zsnr.training.parallel import parallelize_unet
+from zsnr.training.steps import grad_norm, uncount_optimizer_step
 
 
 class DiffusionModule(pl.LightningModule):
@@ -49,6 +50,7 @@ class DiffusionModule(pl.LightningModule):
         compile: bool = False,
         init_from: str | None = None,
         init_weights: str = "ema",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
@@ -84,8 +86,15 @@ class DiffusionModule(pl.LightningModule):
         self._frozen = frozen
         self._abar = self.schedule.alphas_cumprod().float()
         self._empty_text: torch.Tensor | None = None
+        # Step accounting has this one owner (callbacks read it, checkpoints keep it):
         self.micro_step = 0  # training_step calls so far: seeds this step's noise, timesteps and dropout
         self.ema_updates = 0  # EMA updates so far (the warmup's step count)
+        self.skipped_steps = 0  # optimizer steps not taken for a non-finite loss or gradient
+        self.consecutive_skips = 0
+        self.stepped = False  # did the weights change in this batch (an optimizer step was applied)?
+        self.last_grad_norm = float("nan")
+        self._bad_loss = False  # a micro-batch of the current accumulation window had a non-finite loss
+        self._skip_step = False  # the decision for the optimizer step in progress
 
     # -- the training step -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
@@ -117,7 +126,10 @@ class DiffusionModule(pl.LightningModule):
         self.micro_step += 1
         self.log("train/loss", loss, prog_bar=True)
         if not self._finite_on_every_rank(loss):
-            return None  # nothing reaches the weights; NonFiniteGuard counts it and stops after K in a row
+            self._bad_loss = (
+                True  # no backward; the whole optimizer step this micro-batch belongs to is skipped
+            )
+            return None
         return {"loss": loss, "per_sample_loss": per_sample.detach(), "timesteps": t}
 
     def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
@@ -187,12 +199,51 @@ class DiffusionModule(pl.LightningModule):
         key = hash((int(self.hparams.seed), index)) % (2**63)
         return torch.Generator(device=self.device).manual_seed(key)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.stepped = False
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After the window's last backward, before clipping and AdamW: decide whether this step is taken. A
+        non-finite loss in any micro-batch of the window, or a non-finite gradient norm (the same on every rank:
+        gradients are reduced, the FSDP2 norm is global), drops the gradients, so AdamW changes nothing."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.last_grad_norm = float(grad_norm(params))
+        self._skip_step = self._bad_loss or not math.isfinite(self.last_grad_norm)
+        if self._skip_step:
+            for p in params:
+                p.grad = (
+                    None  # AdamW leaves parameters without gradients untouched (no moment, step or decay)
+                )
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's step (closure, on_before_optimizer_step, clipping, AdamW), then the EMA. A skipped step
+        is not a step: no EMA update, no LR-scheduler step (lr_scheduler_step), and global_step does not
+        advance, so the run still makes max_steps real updates and no checkpoint is written for it."""
+        self._skip_step = False
         super().optimizer_step(*args, **kwargs)
+        self._bad_loss = False
+        if self._skip_step:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= self.hparams.max_consecutive_skips:
+                raise RuntimeError(
+                    f"{self.consecutive_skips} optimizer steps in a row had a non-finite loss or gradient (at step "
+                    f"{self.trainer.global_step}, {self.skipped_steps} skipped in all); stopping. Lower the learning "
+                    "rate, check the data (batch stats) and the precision setting, then resume from the last "
+                    "checkpoint."
+                )
+            uncount_optimizer_step(self.trainer)
+            return
+        self.consecutive_skips = 0
         # right after the weights changed, before any callback (checkpoints) sees this step
         decay = ema_decay(self.ema_updates, self.hparams.ema_decay, self.hparams.ema_warmup)
         ema_update_(self.ema_unet.parameters(), self.unet.parameters(), decay)
         self.ema_updates += 1
+        self.stepped = True
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if not self._skip_step:  # the warmup / cosine position counts real updates only
+            scheduler.step()
 
     def configure_model(self) -> None:
         """Lightning calls this once the processes exist: compile / shard the UNet, and its EMA the same way."""
@@ -233,6 +284,8 @@ class DiffusionModule(pl.LightningModule):
             "betas": self.schedule.make_betas(),
             "micro_step": self.micro_step,
             "ema_updates": self.ema_updates,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
             "rng": rng_states(),
         }
         if not self.frozen_from_files:  # random frozen parts (model=tiny): keep them with the weights
@@ -247,6 +300,8 @@ class DiffusionModule(pl.LightningModule):
             )
         self.micro_step = int(saved.get("micro_step", 0))
         self.ema_updates = int(saved.get("ema_updates", 0))
+        self.skipped_steps = int(saved.get("skipped_steps", 0))
+        self.consecutive_skips = int(saved.get("consecutive_skips", 0))
         if "rng" in saved:
             restore_rng_states(saved["rng"])
         for name, state in checkpoint.get("frozen", {}).items():

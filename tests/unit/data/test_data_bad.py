@@ -35,7 +35,9 @@ def broken_shards(tmp_path) -> tuple[str, str, set[str]]:
 
 def test_every_kind_is_skipped_counted_and_logged(tmp_path, caplog):
     a, b, good = broken_shards(tmp_path)
-    dataset = ShardStream(parse_sources([a, b]), batch_size=4, resolution=16, max_bad_fraction=1.0)
+    dataset = ShardStream(
+        parse_sources([a, b]), batch_size=4, resolution=16, max_bad_fraction=1.0, max_bad_shard_fraction=1.0
+    )
     with caplog.at_level(logging.WARNING, logger="zsnr.data"):
         batches = list(dataset)
     assert {k for batch in batches for k in batch["key"]} == good
@@ -62,7 +64,10 @@ def test_too_much_bad_data_stops_naming_the_shard(tmp_path):
         list(dataset)
     assert f"shard {a}" in str(info.value) and "6 bad samples of 16 read (37.5%)" in str(info.value)
     # b is cut after 2 good samples: a truncated tar is a shard-level event, not a bad sample
-    assert len(list(ShardStream(parse_sources(b), batch_size=4, resolution=16, max_bad_fraction=0.0))) == 1
+    cut = ShardStream(
+        parse_sources(b), batch_size=4, resolution=16, max_bad_fraction=0.0, max_bad_shard_fraction=1.0
+    )
+    assert len(list(cut)) == 1
 
 
 def bad_fraction_shards(folder, bad_in_one: int) -> tuple[list[str], str]:
@@ -123,9 +128,8 @@ def test_datamodule_checks_shards_and_pipe_before_reading(tmp_path):
     )
     dm.setup()
     assert {k for batch in dm.train_dataloader() for k in batch["key"]} == {f"good{i}" for i in range(10)}
-    missing = WebDataModule(urls=str(tmp_path / "x-{0..2}.tar"), resolution=16)
-    with pytest.raises(FileNotFoundError, match="3 shard"):
-        missing.setup()
+    with pytest.raises(FileNotFoundError, match="3 of 3 shard"):  # when it is made, before any model loads
+        WebDataModule(urls=str(tmp_path / "x-{0..2}.tar"), resolution=16)
 
 
 def test_a_shard_cut_by_a_resume_is_judged_whole(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import glob
 import logging
 import os
@@ -13,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from shard_factory import laion_sample, write_tar
 
-from zsnr.data import DataStatsLogger, WebDataModule
+from zsnr.data import WebDataModule
 
 
 def run(kwargs: dict, epochs: int, stop_after: int | None = None, state: dict | None = None):
@@ -136,18 +135,6 @@ def test_lightning_checkpoint_resume_continues_exactly(three_shards, tmp_path):
         (ckpt,) = glob.glob(os.path.join(tmp_path, f"*step={step}.ckpt"))
         resumed = fit(kwargs, str(tmp_path / f"r{step}"), max_steps=14, ckpt_path=ckpt)
         assert resumed == full[step:], step
-
-
-def test_stats_are_logged_per_filter(three_shards, tmp_path):
-    kwargs = {"urls": three_shards.urls, "resolution": 16, "batch_size": 8, "num_workers": 0}
-    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=pl.loggers.CSVLogger(tmp_path, name="", version=""),
-                         log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, callbacks=[DataStatsLogger(every_n_steps=2)])  # fmt: skip
-    trainer.fit(KeyRecorder(), datamodule=WebDataModule(**kwargs))
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    logged = [r for r in rows if r.get("data/seen")]
-    assert len(logged) >= 2 and float(logged[-1]["data/accepted"]) == len(three_shards.accepted)
-    assert {"data/rejected/punsafe", "data/rejected/missing_punsafe", "data/bad/image_decode"} <= set(rows[0])
 
 
 def mixed_shards(folder) -> list[str]:

@@ -115,3 +115,25 @@ def test_truncated_and_missing_shards_are_reported_not_raised(tmp_path):
     assert missing_local_shards(parse_sources([path, str(tmp_path / "nope.tar"), "http://h/x.tar"])) == [
         str(tmp_path / "nope.tar")
     ]
+
+
+def test_a_tar_cut_between_two_members_is_reported_truncated(tmp_path):
+    """tarfile ends quietly at a missing header, as at the end-of-archive blocks; read_shard tells them apart."""
+    members = [m for i in range(4) for m in laion_sample(f"k{i}", seed=i)]
+    path = write_tar(str(tmp_path / "t.tar"), members)
+    with open(path, "r+b") as f:
+        f.truncate(member_offsets(path)["k2.json"] - 512)  # just before k2.json's header
+    events = []
+    keys = [s["__key__"] for s in read_shard(path, lambda kind, url, detail: events.append((kind, url)))]
+    assert keys == ["k0", "k1"] and events == [("truncated_tar", path)]  # k2 may be incomplete: dropped
+    whole = write_tar(str(tmp_path / "w.tar"), members)
+    events.clear()
+    assert len(list(read_shard(whole, lambda *a: events.append(a)))) == 4 and not events
+
+
+def test_a_failing_pipe_command_is_a_failed_shard_not_a_crash(tmp_path):
+    """webdataset reports a pipe:'s exit status when the stream is closed; that used to escape read_shard."""
+    events = []
+    shard = str(tmp_path / "absent.tar")
+    assert list(read_shard(f"pipe:cat {shard}", lambda kind, url, d: events.append(kind))) == []
+    assert events == ["shard_open"]
