@@ -113,6 +113,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         tokenizer=Tokenizer(),
         latent_signature=encoder_signature(model_spec),  # data.decode=latents: refuses another model's cache
     )
+    if (
+        "validation" in (cfg.get("callbacks") or {})
+        and cfg.validation.every_n_steps
+        and not getattr(datamodule, "has_val_data", False)
+    ):
+        raise ValueError(
+            "validation.every_n_steps is on but the data has no held-out shards: set data.val_urls=... (shards "
+            "not in data.urls) or validation.every_n_steps=0"
+        )
     module = instantiate(cfg.module)
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # configs/callbacks/
     with multirun_job_scope():  # -m with Lightning-launched ranks: each job's ranks run that job only

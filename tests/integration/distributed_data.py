@@ -1,6 +1,6 @@
 """Test-only pieces for the multi-process runs (importable by launch/train.py through PYTHONPATH).
 
-IndexedBatches: rank r of W processes gets, as its k-th micro-batch, batch number k * W + r, a function of that
+IndexedBatches (with fixed held-out batches for the validation loss): rank r of W processes gets, as its k-th micro-batch, batch number k * W + r, a function of that
 number only. So W processes with A accumulation steps see exactly the micro-batches of 1 process with W * A
 steps, in the same grouping: step s averages batches s*W*A ... s*W*A + W*A - 1 either way. Resumable: the number
 of micro-batches consumed is part of the checkpoint.
@@ -37,6 +37,14 @@ class IndexedBatches(pl.LightningDataModule):
         super().__init__()
         self.batch_size, self.resolution = batch_size, resolution
         self.consumed = 0
+
+    has_val_data = True
+
+    def val_batches(self, num_batches: int) -> list[dict[str, Any]]:
+        """Held-out: seeds no training batch of these runs uses."""
+        return [
+            brightness_batch(self.batch_size, self.resolution, seed=10**6 + i) for i in range(num_batches)
+        ]
 
     def train_dataloader(self):
         stream = _Stream(self, self.trainer.global_rank, self.trainer.world_size)

@@ -41,6 +41,8 @@ COMMON = [
     "samples.num_steps=2",
     "samples.seeds=[0]",
     "samples.prompts=[a white background]",
+    "validation.every_n_steps=1",
+    "validation.num_batches=3",  # 2 ranks: 2 + 1, the second rank's padding counted nowhere
     "+callbacks.loss._target_=distributed_data.LossRecorder",
     "+callbacks.loss.path=${run_dir}/losses",
 ]
@@ -147,6 +149,22 @@ def test_ddp_matches_one_process_with_twice_the_accumulation(sweep, reference):
             assert torch.equal(moments_a[i]["exp_avg_sq"], moments_b[i]["exp_avg_sq"]), (step, i)
     start = load(step_file(reference, 1))["state_dict"]["unet.conv_in.weight"]
     assert not torch.equal(start, load(step_file(run, N))["state_dict"]["unet.conv_in.weight"])
+
+
+def val_curve(run_dir: Path) -> dict[int, float]:
+    import csv
+
+    rows = csv.DictReader((run_dir / "csv" / "metrics.csv").open())
+    return {int(r["step"]): float(r["val/loss"]) for r in rows if r.get("val/loss")}
+
+
+def test_the_validation_loss_is_reduced_over_ranks(sweep, reference):
+    want = val_curve(reference)
+    for job, rtol in (("0", 1e-9), ("1", 1e-5)):  # DDP: same weights; FSDP: float32 shards, as the losses
+        got = val_curve(sweep / job)
+        assert sorted(got) == list(range(N + 1)), job
+        for step, loss in got.items():
+            assert loss == pytest.approx(want[step], rel=rtol), (job, step)
 
 
 def test_fsdp_matches_one_process_and_saves_sharded(sweep, reference):

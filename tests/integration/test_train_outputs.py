@@ -162,3 +162,30 @@ def test_metrics_and_the_wandb_run_survive_resumes_and_data_stats_are_logged(tmp
     run_id = (wandb_dir / "wandb_run_id").read_text().strip()
     runs = sorted((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
+
+
+def test_validation_loss_per_timestep_is_unchanged_by_a_resume(tmp_path, data_root, monkeypatch):
+    import csv
+
+    train = launch_module("train").train
+    common = ["validation.every_n_steps=1", "checkpoint.every_n_steps=2", "samples.every_n_steps=0"]
+    train(compose("train", [*tiny_run(tmp_path / "a", data_root, steps=3), *common]))
+    train(compose("train", [*tiny_run(tmp_path / "b", data_root, steps=2), *common]))
+    train(compose("train", [*tiny_run(tmp_path / "b", data_root, steps=3), *common, "resume=auto"]))
+
+    def curve(run):
+        rows = csv.DictReader((tmp_path / run / "csv" / "metrics.csv").open())
+        return {int(r["step"]): r for r in rows if r.get("val/loss")}
+
+    straight, resumed = curve("a"), curve("b")
+    assert sorted(straight) == sorted(resumed) == [0, 1, 2, 3]
+    for step in straight:
+        assert straight[step]["val/loss"] == resumed[step]["val/loss"], step
+    assert {f"val/loss_t{t:04d}" for t in range(99, 1000, 100)} <= set(straight[3])
+    assert float(straight[3]["val/loss"]) != float(straight[0]["val/loss"])  # it follows training
+    built = []
+    monkeypatch.setattr("zsnr.training.module.build_components", lambda *a, **k: built.append(1))
+    with pytest.raises(ValueError, match="no held-out shards: set data.val_urls"):
+        train(compose("train", [*tiny_run(tmp_path / "c", data_root), "validation.every_n_steps=5",
+                                "data.val_synthetic=null"]))  # fmt: skip
+    assert not built

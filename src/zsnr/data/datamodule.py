@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -93,6 +94,8 @@ class WebDataModule(pl.LightningDataModule):
         http_retries: int = 3,
         http_backoff_s: float = 1.0,
         http_preflight: int = 8,
+        val_urls: UrlSpec | None = None,
+        val_synthetic: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if urls is None and synthetic is None:
@@ -110,6 +113,16 @@ class WebDataModule(pl.LightningDataModule):
         if self.synthetic is None:  # generated shards appear in prepare_data; given ones must exist now
             self.check_shards()
         self.latent_cache = check_cache(self.sources, latent_signature) if decode == "latents" else None
+        self.val_synthetic, self.val_sources = None, None
+        if val_urls is None and val_synthetic is not None and self.synthetic is not None:
+            self.val_synthetic = {"root": root, "resolution": resolution, **dict(val_synthetic)}
+            val_urls = synthetic_url_pattern(**self.val_synthetic)
+        if val_urls is not None:
+            self.val_sources = parse_sources(val_urls, allow_pipe)
+            missing = [] if self.val_synthetic else missing_local_shards(self.val_sources)
+            if missing:
+                raise FileNotFoundError(f"{len(missing)} held-out shard(s) not found, e.g. {missing[:3]}; check "
+                                        f"data.val_urls={val_urls!r}")  # fmt: skip
         self.filters = LaionFilter.from_any(filters)
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.stream_kwargs = dict(
@@ -134,8 +147,35 @@ class WebDataModule(pl.LightningDataModule):
 
     # ---- setup --------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.synthetic is not None:
-            ensure_synthetic_shards(**self.synthetic)
+        for synthetic in (self.synthetic, self.val_synthetic):
+            if synthetic is not None:
+                ensure_synthetic_shards(**synthetic)
+
+    @property
+    def has_val_data(self) -> bool:
+        return self.val_sources is not None
+
+    def val_batches(self, num_batches: int) -> list[dict[str, Any]]:
+        """The first `num_batches` batches of the held-out shards (val_urls, or the held-out synthetic set
+        val_synthetic) in file order, without shuffle or augmentation: the same batches all run long, in
+        every run of this data, whatever the number of ranks."""
+        if self.val_sources is None:
+            raise ValueError(
+                "the validation loss needs held-out shards: set data.val_urls (with data=synthetic, "
+                "data.val_synthetic gives a held-out synthetic set), or validation.every_n_steps=0"
+            )
+        if self.val_synthetic is not None:
+            ensure_synthetic_shards(**self.val_synthetic)
+        fixed = {"shuffle_buffer": 1, "resampled": False, "epoch_length": None, "random_crop": False,
+                 "random_flip": False}  # fmt: skip
+        stream = ShardStream(self.val_sources, **{**self.stream_kwargs, **fixed})
+        batches = [
+            {k: v for k, v in batch.items() if k not in ("stats", "resume", "failed_shards")}
+            for batch in itertools.islice(iter(stream), num_batches)
+        ]
+        if not batches:
+            raise ValueError(f"the held-out shards {self.val_sources[0].urls[:3]} gave no batch")
+        return batches
 
     def check_shards(self) -> None:
         """Fail now, before any model loads, when local shards are missing or the first http ones answer 404.

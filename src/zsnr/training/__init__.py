@@ -11,6 +11,7 @@ from zsnr.training.checkpointing import (
 from zsnr.training.ema import ema_decay, ema_update_
 from zsnr.training.inference import InferenceModel, load_for_inference
 from zsnr.training.module import DiffusionModule
+from zsnr.training.validation import ValidationLoss, fixed_timesteps
 
 __all__ = [
     "AtomicCheckpoint",
@@ -21,8 +22,10 @@ __all__ = [
     "SampleGrid",
     "StreamingCheckpointIO",
     "TrainMetrics",
+    "ValidationLoss",
     "ema_decay",
     "ema_update_",
+    "fixed_timesteps",
     "load_for_inference",
     "newest_checkpoint",
     "plan_batches",

@@ -25,7 +25,7 @@ from zsnr.models.pipeline import mean_brightness
 log = logging.getLogger("zsnr.train")
 
 
-def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+def log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     """Straight to every logger at the optimizer step (rank 0 only), independent of log_every_n_steps."""
     if trainer.is_global_zero:
         for logger in trainer.loggers:
@@ -75,7 +75,7 @@ class TrainMetrics(pl.Callback):
         for i in range(self.buckets):
             if self._counts[i] > 0:
                 metrics[f"train/loss_t{i * width:04d}"] = float(self._sums[i] / self._counts[i])
-        _log(trainer, metrics)
+        log_metrics(trainer, metrics)
         if trainer.is_global_zero and not sys.stdout.isatty():  # logs and pipes: no live progress bar there
             loss = float(self._sums.sum() / self._counts.sum()) if self._counts.sum() else float("nan")
             print(f"step {step}/{trainer.max_steps}  loss {loss:.4f}  {metrics['train/images_per_s']:.1f} "
@@ -103,7 +103,7 @@ class DataStatsLogger(pl.Callback):
                 [datamodule.stats[n] for n in names], dtype=torch.float64, device=pl_module.device
             )
             total = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
-            _log(trainer, {f"data/{name}": count for name, count in zip(names, total, strict=True)})
+            log_metrics(trainer, {f"data/{name}": count for name, count in zip(names, total, strict=True)})
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -189,7 +189,7 @@ class SampleGrid(pl.Callback):
         ]
         record = {"step": step, "weights": weights, **self.kwargs, "images": rows}
         Path(f"{stem}.json").write_text(json.dumps(record, indent=1))
-        _log(
+        log_metrics(
             trainer,
             {
                 f"samples/{weights}/brightness/{_slug(r['prompt'])}_seed{r['seed']}": r["brightness"]

@@ -109,28 +109,60 @@ class DiffusionModule(pl.LightningModule):
             noise = noise + self.schedule.offset_noise * torch.randn(
                 b, x0.shape[1], 1, 1, generator=g, device=dev
             )
-        abar = self._abar.to(dev)[t]
+        per_sample = self.per_sample_loss(x0, text, t, noise)
+        loss = per_sample.mean()
+        self.micro_step += 1
+        self.log("train/loss", loss, prog_bar=True)
+        if not self._finite_on_every_rank(loss):
+            # no backward; the whole optimizer step this micro-batch belongs to is skipped
+            self._bad_loss = True
+            return None
+        return {"loss": loss, "per_sample_loss": per_sample.detach(), "timesteps": t}
+
+    def per_sample_loss(
+        self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The objective per sample: noise x0 to x_t (eq. 1), predict, MSE to the target of the config's
+        prediction_type (v: eq. 13, the paper's v-loss) times loss_weights; float32 [B]."""
+        abar = self._abar.to(x0.device)[t]
         x_t = add_noise(x0, noise, abar).contiguous(memory_format=input_memory_format(self.unet))
         pred = self.unet(x_t, t, encoder_hidden_states=text).sample
         target = {"v_prediction": v_target, "epsilon": lambda x0, n, a: n, "sample": lambda x0, n, a: x0}[
             self.schedule.prediction_type
         ](x0, noise, abar)
-        weights = loss_weights(
-            snr(abar),
-            self.schedule.prediction_type,
-            self.schedule.loss_weighting,
-            self.schedule.min_snr_gamma,
-        )
-        per_sample = (pred.float() - target.float()).square().mean(dim=(1, 2, 3)) * weights.float()
-        loss = per_sample.mean()
-        self.micro_step += 1
-        self.log("train/loss", loss, prog_bar=True)
-        if not self._finite_on_every_rank(loss):
-            self._bad_loss = (
-                True  # no backward; the whole optimizer step this micro-batch belongs to is skipped
-            )
-            return None
-        return {"loss": loss, "per_sample_loss": per_sample.detach(), "timesteps": t}
+        s = self.schedule
+        weights = loss_weights(snr(abar), s.prediction_type, s.loss_weighting, s.min_snr_gamma)
+        return (pred.float() - target.float()).square().mean(dim=(1, 2, 3)) * weights.float()
+
+    @torch.no_grad()
+    def fixed_timestep_losses(
+        self, batches: list[dict[str, Any]], timesteps: list[int], seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss sums [K], sample counts [K]) of the online UNet on `batches` at each of `timesteps`, with the
+        posterior sample and noise drawn from a generator keyed on (seed, batch index) only: the same numbers
+        at every step, in every run and after any resume. Rank r takes batches r, r + W, ...; every rank makes
+        the same number of UNet calls (a sharded UNet needs them all), and the caller sums over ranks."""
+        world = self._trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank
+        sums = torch.zeros(len(timesteps), dtype=torch.float64, device=self.device)
+        counts = torch.zeros_like(sums)
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            for start in range(0, len(batches), world):
+                index = start + rank
+                weight = 1.0 if index < len(batches) else 0.0  # padding: same calls, counted nowhere
+                batch = _to_device(batches[min(index, len(batches) - 1)], self.device)
+                g = torch.Generator(device=self.device).manual_seed(int(seed) * 1_000_003 + index)
+                x0, text = self.encode_batch(batch, g)
+                for k, t in enumerate(timesteps):
+                    noise = torch.randn(x0.shape, generator=g, device=self.device)
+                    tt = torch.full((x0.shape[0],), int(t), dtype=torch.long, device=self.device)
+                    sums[k] += weight * self.per_sample_loss(x0, text, tt, noise).double().sum()
+                    counts[k] += weight * x0.shape[0]
+        finally:
+            self.unet.train(was_training)
+        return sums, counts
 
     def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
         finite = bool(torch.isfinite(loss))
@@ -306,3 +338,7 @@ class DiffusionModule(pl.LightningModule):
             restore_rng_states(saved["rng"])
         for name, state in checkpoint.get("frozen", {}).items():
             self._frozen[name].load_state_dict(state)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
