@@ -113,17 +113,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         tokenizer=Tokenizer(),
         latent_signature=encoder_signature(model_spec),  # data.decode=latents: refuses another model's cache
     )
+    wanted = dict(cfg.get("callbacks") or {})
     if (
-        "validation" in (cfg.get("callbacks") or {})
+        "validation" in wanted
         and cfg.validation.every_n_steps
         and not getattr(datamodule, "has_val_data", False)
     ):
-        raise ValueError(
-            "validation.every_n_steps is on but the data has no held-out shards: set data.val_urls=... (shards "
-            "not in data.urls) or validation.every_n_steps=0"
+        log.warning(
+            "no validation loss: the data has no held-out shards. Set data.val_urls=... (shards not in data.urls; "
+            "for a latent cache, encoded held-out shards) to log val/loss, or validation.every_n_steps=0 to "
+            "silence this"
         )
+        del wanted["validation"]
     module = instantiate(cfg.module)
-    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]  # configs/callbacks/
+    callbacks += [instantiate(c) for c in wanted.values()]  # configs/callbacks/
     with multirun_job_scope():  # -m with Lightning-launched ranks: each job's ranks run that job only
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
