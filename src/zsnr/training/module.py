@@ -122,8 +122,9 @@ class DiffusionModule(pl.LightningModule):
     def per_sample_loss(
         self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
     ) -> torch.Tensor:
-        """The objective per sample: noise x0 to x_t (eq. 1), predict, MSE to the target of the config's
-        prediction_type (v: eq. 13, the paper's v-loss) times loss_weights; float32 [B]."""
+        """The objective per sample: noise x0 to x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, predict, MSE to the
+        target of the config's prediction_type (v = sqrt(abar) eps - sqrt(1 - abar) x0 for the paper's v-loss)
+        times loss_weights; float32 [B]."""
         abar = self._abar.to(x0.device)[t]
         x_t = add_noise(x0, noise, abar).contiguous(memory_format=input_memory_format(self.unet))
         pred = self.unet(x_t, t, encoder_hidden_states=text).sample
@@ -243,9 +244,8 @@ class DiffusionModule(pl.LightningModule):
         self._skip_step = self._bad_loss or not math.isfinite(self.last_grad_norm)
         if self._skip_step:
             for p in params:
-                p.grad = (
-                    None  # AdamW leaves parameters without gradients untouched (no moment, step or decay)
-                )
+                # AdamW leaves parameters without gradients untouched (no moment, step or decay)
+                p.grad = None
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Lightning's step (closure, on_before_optimizer_step, clipping, AdamW), then the EMA. A skipped step
