@@ -37,9 +37,7 @@ def test_fixed_timestep_losses_are_the_v_loss_of_the_closed_form():
             noise = torch.randn(2, 4, 16, 16, generator=g)
             a = float(abar[t])
             x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * noise  # the forward process
-            v = (
-                math.sqrt(a) * noise - math.sqrt(1 - a) * x0
-            )  # the v target (Salimans & Ho), the paper's eq. 13
+            v = math.sqrt(a) * noise - math.sqrt(1 - a) * x0  # v (Salimans & Ho), the v-loss target
             with torch.no_grad():
                 pred = module.unet(
                     x_t, torch.full((2,), t), encoder_hidden_states=batch["text_states"]
