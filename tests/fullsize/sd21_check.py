@@ -40,7 +40,7 @@ def stages(out: Path, reduced: bool) -> list[tuple[str, list[str]]]:
     data = [f"data.root={out / 'data'}", "data.synthetic.num_samples=16", "data.synthetic.samples_per_shard=16",
             "data.num_workers=0"]  # fmt: skip
     run = ["micro_batch_size=1", "global_batch_size=1", "checkpoint.every_n_steps=1", "checkpoint.keep_last=1",
-           "samples.every_n_steps=0", f"run_dir={out / 'run'}", f"hydra.run.dir={out / 'run'}"]  # fmt: skip
+           "samples.every_n_steps=0", "validation.every_n_steps=0", f"run_dir={out / 'run'}", f"hydra.run.dir={out / 'run'}"]  # fmt: skip
     ckpt = f"checkpoint={out / 'run' / 'checkpoints' / 'last.ckpt'}"
     return [
         (
@@ -119,7 +119,7 @@ def cache_stage(out: str) -> list[str]:
     """The training command encode_latents printed, for one more step on the cached posteriors."""
     command = shlex.split(json.loads((Path(out) / "latents" / "latents.json").read_text())["train_command"])
     extra = ["micro_batch_size=1", "global_batch_size=1", "max_steps=1", "samples.every_n_steps=0",
-             f"run_dir={Path(out) / 'run_cache'}", f"hydra.run.dir={Path(out) / 'run_cache'}"]  # fmt: skip
+             "validation.every_n_steps=0", f"run_dir={Path(out) / 'run_cache'}", f"hydra.run.dir={Path(out) / 'run_cache'}"]  # fmt: skip
     return command[1:] + extra  # drop "python"
 
 
