@@ -15,7 +15,6 @@ from zsnr.data.http_shards import HttpOptions, is_http, missing_http_shards
 from zsnr.data.latents import check_cache
 from zsnr.data.resume import ResumableLoader, StreamTracker
 from zsnr.data.shards import UrlSpec, missing_local_shards, parse_sources
-from zsnr.data.stats import ShardFailureGuard
 from zsnr.data.stream import ShardStream, Tokenizer, fresh_position
 from zsnr.data.synthetic import ensure_synthetic_shards, synthetic_url_pattern
 
@@ -35,18 +34,6 @@ def check_no_run_keys(data_cfg: Mapping[str, Any], where: Mapping[str, str] = RU
             "; ".join(f"data.{key} is not read: the run's {where[key]} sets it" for key in given)
             + ". Drop it from the data config / command line and set that instead"
         )
-
-
-class GuardedTracker(StreamTracker):
-    """A StreamTracker that also judges the rank's failed shards (stats.ShardFailureGuard) on each batch used."""
-
-    def __init__(self, finite: bool, batches_per_rank: int | None, guard: ShardFailureGuard):
-        super().__init__(finite, batches_per_rank)
-        self.guard = guard
-
-    def consumed(self, batch: dict[str, Any]) -> None:
-        super().consumed(batch)
-        self.guard.consumed(self.stats, batch.get("failed_shards", ()))
 
 
 class WebDataModule(pl.LightningDataModule):
@@ -229,10 +216,8 @@ class WebDataModule(pl.LightningDataModule):
             if self.trainer is not None:
                 raise ValueError(message)
             log.warning(message)
-        self.tracker = GuardedTracker(
-            self.dataset.finite,
-            self.dataset.batches_per_rank(),
-            ShardFailureGuard(self.max_bad_shard_fraction),
+        self.tracker = StreamTracker(
+            self.dataset.finite, self.dataset.batches_per_rank(), self.max_bad_shard_fraction
         )
         if self._pending_state is not None:
             self._apply_state(self._pending_state)

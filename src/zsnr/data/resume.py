@@ -26,22 +26,26 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from zsnr.data.stats import ShardFailureGuard
 from zsnr.data.stream import END_OF_STREAM, ShardStream, fresh_position
 
 log = logging.getLogger("zsnr.data")
 
 
 class StreamTracker:
-    """Position of one rank's stream in what the training loop has consumed, and summed data stats."""
+    """Position of one rank's stream in what the training loop has consumed, its summed data stats, and the
+    failed-shard limit judged on those sums (stats.ShardFailureGuard: every worker, epoch and resume)."""
 
-    def __init__(self, finite: bool, batches_per_rank: int | None):
+    def __init__(self, finite: bool, batches_per_rank: int | None, max_bad_shard_fraction: float = 0.1):
         self.finite, self.batches_per_rank = finite, batches_per_rank
         self.position = fresh_position()
         self.stats: Counter[str] = Counter()
+        self.shard_guard = ShardFailureGuard(max_bad_shard_fraction)
 
     def consumed(self, batch: dict[str, Any]) -> None:
         """Record a batch as used. A batch of an epoch that already ended (prefetched) only adds stats."""
         self.stats.update(batch.get("stats", {}))
+        self.shard_guard.consumed(self.stats, batch.get("failed_shards", ()))
         resume = batch.get("resume")
         if resume is None or resume["epoch"] != self.position["epoch"]:
             return
