@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -151,20 +152,40 @@ def _check_shapes(shapes: tuple[str, ...]) -> tuple[str, ...]:
     return shapes
 
 
-def synthetic_samples(
-    num_samples: int, resolution: int, seed: int, shapes: tuple[str, ...] = SHAPES
-) -> Iterator[dict[str, Any]]:
-    shapes = _check_shapes(shapes)
-    reasons = _reasons(num_samples, random.Random(f"zsnr-synthetic-reasons/{seed}"))
-    for i in range(num_samples):
-        rng = random.Random(f"zsnr-synthetic/{seed}/{i}")
-        image, caption, what = render(rng, resolution, shapes)
+@dataclass(frozen=True)
+class SyntheticSet:
+    """Everything one synthetic set is made from: its samples, its shards and its folder name follow from it.
+
+    The keys of data.synthetic / data.val_synthetic (WebDataModule adds the run's resolution). Checked when
+    made, so a bad setting fails before anything is generated.
+    """
+
+    num_samples: int = 2048
+    resolution: int = 64
+    seed: int = 0
+    samples_per_shard: int = 256
+    shapes: tuple[str, ...] = SHAPES
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.resolution < 8 or self.samples_per_shard < 1:
+            raise ValueError(
+                f"need num_samples >= 1, resolution >= 8, samples_per_shard >= 1; got {self.num_samples}, "
+                f"{self.resolution}, {self.samples_per_shard}"
+            )
+        object.__setattr__(self, "shapes", _check_shapes(self.shapes))  # a config's list becomes a tuple
+
+
+def synthetic_samples(spec: SyntheticSet) -> Iterator[dict[str, Any]]:
+    reasons = _reasons(spec.num_samples, random.Random(f"zsnr-synthetic-reasons/{spec.seed}"))
+    for i in range(spec.num_samples):
+        rng = random.Random(f"zsnr-synthetic/{spec.seed}/{i}")
+        image, caption, what = render(rng, spec.resolution, spec.shapes)
         array = np.asarray(image, dtype=np.float64)
         brightness = round(float(array.mean() / 127.5 - 1.0), 5)
         meta = _metadata(rng, reasons[i])
         if reasons[i] == "caption":
             caption = ""
-        meta.update(caption=caption, width=resolution, height=resolution, brightness=brightness)
+        meta.update(caption=caption, width=spec.resolution, height=spec.resolution, brightness=brightness)
         meta.update(brightness_class=brightness_class(brightness), **what)
         png = io.BytesIO()
         image.save(png, format="PNG")
@@ -177,83 +198,52 @@ def synthetic_samples(
         }
 
 
-def make_synthetic_shards(
-    out_dir: str,
-    num_samples: int = 2048,
-    resolution: int = 64,
-    seed: int = 0,
-    samples_per_shard: int = 256,
-    shapes: tuple[str, ...] = SHAPES,
-) -> str:
+def make_synthetic_shards(out_dir: str, spec: SyntheticSet) -> str:
     """Write the synthetic set to out_dir/shard-NNNNNN.tar; returns the brace URL pattern of the shards."""
-    if num_samples < 1 or resolution < 8 or samples_per_shard < 1:
-        raise ValueError(
-            f"need num_samples >= 1, resolution >= 8, samples_per_shard >= 1; got {num_samples}, {resolution}, {samples_per_shard}"
-        )
     paths = write_shards(
-        synthetic_samples(num_samples, resolution, seed, shapes),
+        synthetic_samples(spec),
         os.path.join(out_dir, "shard-%06d.tar"),
-        maxcount=samples_per_shard,
-        total=num_samples,
+        maxcount=spec.samples_per_shard,
+        total=spec.num_samples,
         desc="synthetic shards",
         mtime=0.0,
     )
     return brace_pattern(paths)
 
 
-def synthetic_dir(
-    root: str,
-    num_samples: int,
-    resolution: int,
-    seed: int,
-    samples_per_shard: int,
-    shapes: tuple[str, ...] = SHAPES,
-) -> str:
-    name = f"synthetic-r{resolution}-n{num_samples}-s{seed}-k{samples_per_shard}"
-    if tuple(shapes) != SHAPES:
-        name += "-" + "-".join(_check_shapes(shapes))
+def synthetic_dir(root: str, spec: SyntheticSet) -> str:
+    name = f"synthetic-r{spec.resolution}-n{spec.num_samples}-s{spec.seed}-k{spec.samples_per_shard}"
+    if spec.shapes != SHAPES:
+        name += "-" + "-".join(spec.shapes)
     return os.path.join(root, name)
 
 
-def synthetic_url_pattern(
-    root: str,
-    num_samples: int = 2048,
-    resolution: int = 64,
-    seed: int = 0,
-    samples_per_shard: int = 256,
-    shapes: tuple[str, ...] = SHAPES,
-) -> str:
+def synthetic_url_pattern(root: str, spec: SyntheticSet) -> str:
     """Where ensure_synthetic_shards puts (or put) this set; pure, so every rank can compute it."""
-    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard, shapes)
-    shards = math.ceil(num_samples / samples_per_shard)
+    out = synthetic_dir(root, spec)
+    shards = math.ceil(spec.num_samples / spec.samples_per_shard)
     return brace_pattern([os.path.join(out, f"shard-{i:06d}.tar") for i in range(shards)])
 
 
-def ensure_synthetic_shards(
-    root: str,
-    num_samples: int = 2048,
-    resolution: int = 64,
-    seed: int = 0,
-    samples_per_shard: int = 256,
-    shapes: tuple[str, ...] = SHAPES,
-) -> str:
-    """make_synthetic_shards into a folder named by the parameters, unless it is already complete.
+def ensure_synthetic_shards(root: str, spec: SyntheticSet) -> str:
+    """make_synthetic_shards into a folder named by the set, unless it is already complete.
 
     Cheap when the shards exist (one stat of a marker file). Written to a temporary folder and renamed, so
     an interrupted run or a concurrent rank never sees half a set.
     """
-    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard, shapes)
-    pattern = synthetic_url_pattern(root, num_samples, resolution, seed, samples_per_shard, shapes)
+    out = synthetic_dir(root, spec)
+    pattern = synthetic_url_pattern(root, spec)
     if os.path.exists(os.path.join(out, "COMPLETE")):
         return pattern
     tmp = f"{out}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    make_synthetic_shards(tmp, num_samples, resolution, seed, samples_per_shard, shapes)
+    make_synthetic_shards(tmp, spec)
     with open(os.path.join(tmp, "COMPLETE"), "w") as marker:
         json.dump(
-            {"num_samples": num_samples, "resolution": resolution, "seed": seed, "shapes": list(shapes)},
+            {"num_samples": spec.num_samples, "resolution": spec.resolution, "seed": spec.seed,
+             "shapes": list(spec.shapes)},
             marker,
-        )
+        )  # fmt: skip
     try:
         os.rename(tmp, out)
     except OSError:  # another process finished first

@@ -9,11 +9,12 @@ import pytest
 from shard_factory import passes_sd2_filters, read_keys_and_meta
 
 from zsnr.data import make_synthetic_shards
+from zsnr.data.synthetic import SyntheticSet
 
 
 class ShardSet:
     def __init__(self, folder: str, num_samples: int, samples_per_shard: int, seed: int = 0):
-        self.urls = make_synthetic_shards(folder, num_samples, 32, seed, samples_per_shard)
+        self.urls = make_synthetic_shards(folder, SyntheticSet(num_samples, 32, seed, samples_per_shard))
         self.paths = sorted(glob.glob(os.path.join(folder, "*.tar")))
         self.meta = dict(kv for p in self.paths for kv in read_keys_and_meta(p))
         self.accepted = {k for k, m in self.meta.items() if passes_sd2_filters(m)}
