@@ -44,6 +44,16 @@ def test_a_subset_of_shapes(tmp_path):
         next(synthetic_samples(SyntheticSet(2, 16, 0, shapes=("hexagon",))))
 
 
+def test_other_aspect_ratios_keep_about_the_squares_pixels(tmp_path):
+    metas = [json.loads(s["json"]) for s in synthetic_samples(SyntheticSet(60, 32, 0, aspects=(0.5, 2)))]
+    sizes = {(m["width"], m["height"]) for m in metas}
+    assert sizes == {(23, 45), (45, 23)}  # round(32 / sqrt 2), round(32 sqrt 2): 1035 pixels against 1024
+    urls = ensure_synthetic_shards(str(tmp_path), SyntheticSet(20, 16, 0, 8, aspects=[2, 0.5]))
+    assert "synthetic-r16-n20-s0-k8-a2-0.5/" in urls
+    with pytest.raises(ValueError, match=r"aspects \(width / height\) must lie in \[0.1, 10\]"):
+        SyntheticSet(aspects=(0.0,))
+
+
 def test_brightness_spans_black_to_white_and_captions_say_so(six_shards):
     metas = list(six_shards.meta.values())
     brightness = np.array([m["brightness"] for m in metas])
