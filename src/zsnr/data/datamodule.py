@@ -15,7 +15,7 @@ from zsnr.data.http_shards import HttpOptions, is_http, missing_http_shards
 from zsnr.data.latents import check_cache
 from zsnr.data.resume import ResumableLoader, StreamTracker
 from zsnr.data.shards import UrlSpec, missing_local_shards, parse_sources
-from zsnr.data.stream import ShardStream, Tokenizer, fresh_position
+from zsnr.data.stream import ShardStream, Tokenizer
 from zsnr.data.synthetic import SyntheticSet, ensure_synthetic_shards, synthetic_url_pattern
 
 log = logging.getLogger("zsnr.data")
@@ -279,31 +279,5 @@ class WebDataModule(pl.LightningDataModule):
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         rank, world = self._rank_world()
-        ranks = state["ranks"]
-        for saved in ranks[rank::world]:  # every saved rank's counts go to one rank: their sum is kept
-            self.tracker.stats.update(saved["stats"])
-        if state.get("version") == STATE_VERSION and state["fingerprint"] == self._fingerprint():
-            self.tracker.position = ranks[rank]["position"]
-            return
-        # The saved positions name shards and blocks of another layout: replaying the epoch from its start would
-        # show the run's first samples again. Go on with a fresh shard order and shuffle, keyed on the position.
-        position = ranks[0]["position"]
-        epoch = position["epoch"]
-        consumed = sum(w["batches"] for r in ranks for w in r["position"]["workers"].values())
-        key = f"{position.get('reseed', '')}/{epoch}.{consumed}".lstrip("/")
-        saved_print = state.get("fingerprint", {})
-        changed = {
-            k: (saved_print.get(k), v) for k, v in self._fingerprint().items() if saved_print.get(k) != v
-        }
-        log.warning(
-            "cannot continue the data stream exactly: %s changed (saved, now) since it was saved; data epoch %d goes "
-            "on with a fresh shard order and shuffle (seed %s extended with %r: %d batches were consumed). The run's "
-            "first batches are not replayed, but in exact mode samples already shown in this epoch can come again "
-            "(the rest of the epoch is a fresh pass).",
-            changed or f"the state format (version {state.get('version')}, now {STATE_VERSION})",
-            epoch,
-            self.stream_kwargs["seed"],
-            key,
-            consumed,
-        )
-        self.tracker.position = {**fresh_position(epoch), "reseed": key}
+        expected = {"version": STATE_VERSION, "fingerprint": self._fingerprint()}
+        self.tracker.restore(state, expected, rank, world, self.stream_kwargs["seed"])
