@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from zsnr.data.buckets import BucketSpec, bucket_sizes
 from zsnr.data.filters import LaionFilter
 from zsnr.data.http_shards import HttpOptions, is_http, missing_http_shards
 from zsnr.data.latents import check_cache
@@ -37,8 +38,13 @@ def check_no_run_keys(data_cfg: Mapping[str, Any], where: Mapping[str, str] = RU
 
 
 class WebDataModule(pl.LightningDataModule):
-    """Batches {"image": uint8 [B,3,H,W], "caption", "key", "input_ids"?, "stats", "resume"} from tar shards.
+    """Batches {"image": uint8 [B,3,H,W], "original_size", "crop_top_left", "caption", "key", "input_ids"?,
+    "stats", "resume"} from tar shards (original_size: [B, 2] (height, width) of the stored image;
+    crop_top_left: [B, 2] (top, left) of the crop in the resized image, as SDXL conditions on them).
 
+    buckets: None (or {enabled: false}): every image center-cropped to resolution^2; a BucketSpec or
+    {step, max_aspect}: aspect-ratio buckets (zsnr.data.buckets), each batch one bucket, whose step must be a
+    multiple of `size_multiple` (zsnr.models.size_multiple of the run's model).
     urls: a brace pattern ("shards/{000000..000099}.tar"), a list of them, or [{urls, weight}, ...].
     Exact mode (resampled=False): each epoch reads every sample once across ranks and workers; with
     epoch_length set, the exact passes run back to back and an epoch is epoch_length samples (use this for
@@ -84,8 +90,15 @@ class WebDataModule(pl.LightningDataModule):
         http_preflight: int = 8,
         val_urls: UrlSpec | None = None,
         val_synthetic: Mapping[str, Any] | None = None,
+        buckets: BucketSpec | Mapping[str, Any] | None = None,
+        size_multiple: int = 1,
     ):
         super().__init__()
+        self.buckets = BucketSpec.from_any(buckets)
+        self.sizes = bucket_sizes(resolution, self.buckets)  # (w, h) of its images; a bad setting fails now
+        if self.buckets is not None:
+            self.buckets.check_multiple(size_multiple)
+            log.info("aspect-ratio buckets (w x h): %s", self.sizes)
         if urls is None and synthetic is None:
             raise ValueError("WebDataModule needs urls (shard pattern or list) or synthetic={...} with root")
         self.root, self.synthetic = root, None
@@ -128,6 +141,7 @@ class WebDataModule(pl.LightningDataModule):
             decode=decode,
             max_bad_shard_fraction=max_bad_shard_fraction,
             http=self.http,
+            buckets=self.buckets,
         )
         self.dataset: ShardStream | None = None
         self.tracker: StreamTracker | None = None
@@ -250,11 +264,14 @@ class WebDataModule(pl.LightningDataModule):
     def _fingerprint(self) -> dict[str, Any]:
         keys = ("batch_size", "shuffle_buffer", "resampled", "epoch_length", "seed", "decode")
         rank, world = self._rank_world()
+        # buckets only when on: positions saved before they existed still match a run without them
+        buckets = {} if self.buckets is None else {"buckets": [self.buckets.step, self.buckets.max_aspect]}
         return {
             **{k: self.stream_kwargs[k] for k in keys},
             "num_workers": max(1, self.num_workers),
             "world_size": world,
             "shards": [len(s.urls) for s in self.sources],
+            **buckets,
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class StreamTracker:
             "token": list(resume["token"]),
             "batches": resume["batches"],
             "shards": resume.get("shards"),
+            "buffered": resume.get("buffered", []),  # samples waiting in bucket buffers: read again on resume
         }
         self.position["last_worker"] = resume["worker"]
         total = sum(w["batches"] for w in self.position["workers"].values())
