@@ -219,3 +219,36 @@ def test_training_with_buckets_takes_steps_on_batches_of_different_shapes(tmp_pa
     ]  # a resume with other buckets is not taken as exact
     assert "buffered" in data_state["ranks"][0]["position"]["workers"][0]
 
+
+def test_the_latent_cache_keeps_each_buckets_shape_and_the_crop(tmp_path, data_root):
+    from training_helpers import launch_module, tiny_run
+
+    from zsnr.data import to_model_range
+    from zsnr.training import DiffusionModule
+
+    data = [o for o in tiny_run(tmp_path, data_root) if o.startswith("data.")] + BUCKET_RUN
+    cfg = compose("encode_latents", ["model=tiny", *data, f"out={tmp_path}/lat", "batch_size=16"])
+    made = launch_module("encode_latents").encode_latents(cfg, data)
+    assert json.loads(made["manifest"].read_text())["image_sizes"] == [list(s) for s in TINY_BUCKETS]
+    cached = WebDataModule(urls=made["shards"], decode="latents", resolution=32, batch_size=4, num_workers=0)
+    batches = list(cached.train_dataloader())
+    images = WebDataModule(root=str(data_root), synthetic=dict(cfg.data.synthetic), resolution=32, batch_size=4,
+                           num_workers=0, filters=dict(cfg.data.filters), buckets=dict(cfg.data.buckets))  # fmt: skip
+    autoencoder = DiffusionModule(dict(cfg.model), {}).autoencoder
+    reference = {}  # key -> what the bucketed images give: the encoder's posterior and the crop
+    with torch.no_grad():
+        for b in images.train_dataloader():
+            mean, std = autoencoder.posterior(to_model_range(b["image"]))
+            for j, key in enumerate(b["key"]):
+                reference[key] = (mean[j], std[j], b["original_size"][j], b["crop_top_left"][j])
+    assert sorted(k for b in batches for k in b["key"]) == sorted(reference)
+    for batch in batches:  # one latent shape per batch: the bucket's, halved by the autoencoder
+        for i, key in enumerate(batch["key"]):
+            mean, std, original_size, crop_top_left = reference[key]
+            torch.testing.assert_close(batch["latent_mean"][i], mean, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batch["latent_std"][i], std, atol=1e-5, rtol=1e-5)
+            assert torch.equal(batch["original_size"][i], original_size)
+            assert torch.equal(batch["crop_top_left"][i], crop_top_left)
+    assert {tuple(b["latent_mean"].shape[-2:]) for b in batches} == {
+        (h // 2, w // 2) for w, h in TINY_BUCKETS
+    }
