@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from zsnr.data import LaionFilter, ShardStream, parse_sources, to_model_range, write_shards
+from zsnr.data.buckets import BucketSpec
 
 RESOLUTION = 512
 
@@ -105,13 +106,16 @@ def naive_pipeline(urls: str, resolution: int, filters: LaionFilter):
     )
 
 
-def our_pipeline(urls: str, resolution: int, filters: LaionFilter, batch_size: int = 16) -> ShardStream:
+def our_pipeline(
+    urls: str, resolution: int, filters: LaionFilter, batch_size: int = 16, buckets: BucketSpec | None = None
+) -> ShardStream:
     return ShardStream(
         parse_sources(urls),
         batch_size=batch_size,
         resolution=resolution,
         shuffle_buffer=1000,
         filters=filters,
+        buckets=buckets,
     )
 
 

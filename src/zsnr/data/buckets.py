@@ -84,11 +84,17 @@ def bucket_sizes(resolution: int, spec: BucketSpec | None) -> tuple[Size, ...]:
     return tuple(sorted(sizes, key=lambda size: size[0] / size[1]))
 
 
+def crop_share(width: int, height: int, size: Size) -> float:
+    """The share of a width x height image's area left after scaling it to cover `size` and cropping to it:
+    min(r / r_b, r_b / r), r = width / height and r_b = w / h (1 for a bucket of the image's own shape)."""
+    ratio, bucket = width / height, size[0] / size[1]
+    return min(ratio / bucket, bucket / ratio)
+
+
 def nearest_bucket(width: int, height: int, sizes: tuple[Size, ...]) -> Size:
-    """The bucket whose aspect ratio is nearest the image's in log scale: the one that crops least (resizing
-    to cover it keeps min(r / r_b, r_b / r) of the image, r = width / height). Ties go to the first of `sizes`."""
-    ratio = math.log(width / height)
-    return min(sizes, key=lambda size: abs(math.log(size[0] / size[1]) - ratio))
+    """The bucket that crops least: the one whose aspect ratio is nearest the image's in log scale. Ties go to
+    the first of `sizes`."""
+    return max(sizes, key=lambda size: crop_share(width, height, size))
 
 
 def shape_key(item: Mapping[str, Any]) -> tuple:

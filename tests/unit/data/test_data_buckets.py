@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 from collections import Counter
 
@@ -17,7 +18,7 @@ from torchvision.transforms import functional as TF
 from training_helpers import compose
 
 from zsnr.data import ShardStream, WebDataModule, parse_sources
-from zsnr.data.buckets import BucketSpec, bucket_sizes, nearest_bucket
+from zsnr.data.buckets import BucketSpec, bucket_sizes, crop_share, nearest_bucket
 from zsnr.data.decode import decode_crop
 from zsnr.models import size_multiple
 from zsnr.models.components import SD21_VAE
@@ -82,8 +83,13 @@ def test_an_image_goes_to_the_bucket_that_crops_least():
         chosen = nearest_bucket(width, height, sizes)
         best = max(kept_fraction(width, height, s) for s in sizes)
         assert kept_fraction(width, height, chosen) == pytest.approx(best, rel=1e-12), (width, height)
+        log_ratio = math.log(width / height)  # the same choice: the bucket nearest in log aspect ratio
+        distances = [abs(math.log(w / h) - log_ratio) for w, h in sizes]
+        assert abs(math.log(chosen[0] / chosen[1]) - log_ratio) == pytest.approx(min(distances), abs=1e-12)
+        assert crop_share(width, height, chosen) == pytest.approx(kept_fraction(width, height, chosen))
     for size in sizes:  # an image of a bucket's own shape goes to that bucket, whole
         assert nearest_bucket(size[0] * 3, size[1] * 3, sizes) == size
+        assert crop_share(size[0] * 3, size[1] * 3, size) == 1.0
 
 
 @pytest.mark.parametrize(("width", "height"), [(300, 200), (200, 330), (90, 260), (77, 77), (20, 50)])
