@@ -13,13 +13,12 @@ the buckets buy: the share of each image's area that survives the crop, square a
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
 import pytest
 import torch
-from bench_data import RESOLUTION, make_bench_shards, our_pipeline
+from bench_data import RESOLUTION, full_bench_shards, make_bench_shards, our_pipeline
 
 from zsnr.data import LaionFilter
 from zsnr.data.buckets import BucketSpec, bucket_sizes, crop_share, nearest_bucket
@@ -100,8 +99,7 @@ def report(result: dict, total: int, resolution: int, rounds: int) -> None:
 
 @pytest.mark.slow
 def test_bench_buckets_against_the_square_path(tmp_path_factory):
-    total = int(os.environ.get("ZSNR_BENCH_DATA_SAMPLES", "300"))
-    urls, _ = make_bench_shards(str(tmp_path_factory.mktemp("bench_buckets")), total)
+    urls, _, total = full_bench_shards(str(tmp_path_factory.mktemp("bench_buckets")))
     result = measure(urls, RESOLUTION)
     report(result, total, RESOLUTION, rounds=5)
     assert result["kept_buckets"] > result["kept_square"]
