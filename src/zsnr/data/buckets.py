@@ -78,8 +78,9 @@ def bucket_sizes(resolution: int, spec: BucketSpec | None) -> tuple[Size, ...]:
     if not sizes:
         raise ValueError(
             f"data.buckets (step {step}, max_aspect {spec.max_aspect}) gives no bucket around resolution "
-            f"{resolution}: the step is too coarse for it. Use a step of at most resolution / 4 "
-            f"({resolution // 4} here) that is a multiple of the model's size multiple."
+            f"{resolution}: no pair of sides in whole steps holds about resolution^2 pixels within max_aspect. "
+            f"Use a smaller step, e.g. at most resolution / 4 ({resolution // 4} here) and a multiple of the "
+            "model's size multiple, or a larger max_aspect."
         )
     return tuple(sorted(sizes, key=lambda size: size[0] / size[1]))
 

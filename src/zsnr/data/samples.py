@@ -109,6 +109,7 @@ class SampleReader:
             pass
 
         for ordinal, indices in wanted.items():
+            last = max(indices)
             for index, sample in enumerate(read_shard(url_of(ordinal), ignore, ignore, http)):
                 record = self.scan(sample, uncounted, ignore) if index in indices else None
                 if record is not None:
@@ -117,7 +118,7 @@ class SampleReader:
                         found[(ordinal, index)] = self.decode(record, seed)
                     except BadData:
                         pass
-                if index >= max(indices):
+                if index >= last:
                     break
         lost = [list(c) for c in cursors if tuple(c) not in found]
         if lost:

@@ -101,6 +101,21 @@ def test_resume_with_buckets_continues_exactly(case, aspect_shards):
     assert max(buffered) > 0  # the cuts left samples in the buffers, which the resumed runs read again
 
 
+def test_a_buffered_sample_that_cannot_be_read_again_is_left_out_with_a_warning(aspect_shards, caplog):
+    kwargs = {"urls": aspect_shards.urls, "resolution": 32, "batch_size": 4, "shuffle_buffer": 8,
+              "buckets": {"step": 4}, "num_workers": 0}  # fmt: skip
+    full, _ = run(kwargs, epochs=1)
+    head, state = run(kwargs, epochs=1, stop_after=5)
+    buffered = state["ranks"][0]["position"]["workers"][0]["buffered"]
+    assert len(buffered) >= 2
+    buffered[0] = [buffered[0][0], 10**6]  # no such sample in that shard (a shard rewritten since the save)
+    with caplog.at_level(logging.WARNING, logger="zsnr.data"):
+        tail, _ = run(kwargs, epochs=1, state=state)
+    assert "1 buffered sample(s) of the saved position could not be read again" in caplog.text
+    keys = [k for b in head + tail for k in b["key"]]
+    assert len(keys) == len(set(keys)) and len(set(k for b in full for k in b["key"]) - set(keys)) == 1
+
+
 @pytest.mark.parametrize("extra", [{}, {"epoch_length": 64, "resampled": True}], ids=["exact", "resampled"])
 def test_a_changed_setup_goes_on_with_fresh_randomness_not_the_runs_start(extra, three_shards, caplog):
     kwargs = {"urls": three_shards.urls, "resolution": 16, "batch_size": 8, "num_workers": 2,
