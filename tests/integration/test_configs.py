@@ -75,3 +75,13 @@ def test_missing_weights_fail_before_any_model_loads(train, tmp_path, data_root)
     cfg = compose("train", [*tiny_run(tmp_path, data_root), "model=sd21_base", f"model.path={tmp_path}/sd21"])
     with pytest.raises(FileNotFoundError, match="stable-diffusion-2-1-base"):
         train(cfg)
+
+
+def test_tiny_pixel_is_tiny_with_the_identity_autoencoder():
+    """model/tiny_pixel extends model/tiny and swaps only its autoencoder group (no copy of tiny's keys)."""
+    tiny, pixel = compose("train", ["model=tiny"]).model, compose("train", ["model=tiny_pixel"]).model
+    assert tiny.autoencoder.kind == "kl" and tiny.autoencoder.latent_channels == 4
+    assert dict(pixel.autoencoder) == {"kind": "identity", "channels": 3, "patch_size": 2}
+    assert {k: v for k, v in tiny.items() if k != "autoencoder"} == {
+        k: v for k, v in pixel.items() if k != "autoencoder"
+    }
