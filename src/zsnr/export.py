@@ -77,7 +77,8 @@ def ddim_scheduler(schedule: Schedule):
     """DDIMScheduler that samples like zsnr with this schedule; its betas are checked against zsnr's."""
     from diffusers import DDIMScheduler
 
-    betas = DIFFUSERS_BETAS.get(schedule.betas) or {
+    named = DIFFUSERS_BETAS.get(schedule.betas) if schedule.snr_shift == 1 else None
+    betas = named or {
         "trained_betas": schedule.make_betas().float().tolist(),  # already rescaled when asked to be
     }
     scheduler = DDIMScheduler(

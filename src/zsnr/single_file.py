@@ -106,6 +106,8 @@ def _not_ldm(unet: dict, vae: dict, schedule: Schedule) -> list[str]:
     problems = []
     if schedule.betas != "scaled_linear":
         problems.append(f"betas {schedule.betas!r} (the UIs' SD 2.x schedule is scaled_linear)")
+    if schedule.snr_shift != 1:
+        problems.append(f"snr_shift {schedule.snr_shift} (the UIs know SD's schedule only, unshifted)")
     for name, cfg in (("UNet", unet), ("VAE", vae)):
         if cfg["norm_num_groups"] != LDM_NORM_GROUPS:
             problems.append(

@@ -104,6 +104,11 @@ def test_scheduler_for_other_schedules_and_pixel_models_refused(tmp_path):
         Schedule(rescale_zero_terminal_snr=False, prediction_type="epsilon", spacing="leading")
     )
     assert flawed.config.rescale_betas_zero_snr is False and flawed.config.prediction_type == "epsilon"
+    # a shifted schedule is not diffusers' named one: its own betas (rescaled already) go as trained_betas;
+    # ddim_scheduler itself raises when diffusers' abar is not zsnr's
+    shifted = ddim_scheduler(Schedule(snr_shift=16.0))
+    assert shifted.config.trained_betas is not None and not shifted.config.rescale_betas_zero_snr
+    assert float(shifted.alphas_cumprod[-1]) == 0.0
 
     class PixelModel:
         autoencoder = IdentityAutoencoder(patch_size=2)

@@ -7,7 +7,7 @@ from .guidance import cfg
 from .losses import WEIGHTINGS, loss_weights
 from .parameterization import PREDICTION_TYPES, add_noise, convert, predict_x0_eps, v_target
 from .samplers import SAMPLERS, img2img, sample
-from .schedules import SCHEDULES, alphas_cumprod, make_betas, rescale_zero_terminal_snr, snr
+from .schedules import SCHEDULES, alphas_cumprod, make_betas, rescale_zero_terminal_snr, shift_snr, snr
 from .spacing import SPACINGS, select_timesteps
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "rescale_zero_terminal_snr",
     "sample",
     "select_timesteps",
+    "shift_snr",
     "snr",
     "v_target",
 ]

@@ -52,6 +52,26 @@ def snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return a / (1.0 - a)
 
 
+def shift_snr(betas: torch.Tensor, factor: float) -> torch.Tensor:
+    """Multiply SNR(t) by `factor` at every t (float64): the same schedule for images of another size.
+
+        SNR'(t) = factor * SNR(t)  <=>  abar'_t = factor abar_t / (1 + (factor - 1) abar_t)
+
+    What a noise level hides depends on how many pixels share a frequency: the image mean of n pixels per
+    channel is seen at SNR n * SNR(t). Hoogeboom et al. ("simple diffusion", arXiv 2301.11093) shift a
+    schedule made for d0 px to d px by factor (d0 / d)^2 so the low frequencies keep their SNR. Stable
+    Diffusion's SNR(T) = 0.0047 is that of 64 x 64 latents: 16 x 16 pixels see SD's terminal SNR of the image
+    mean at factor 16 (the paper's section 3.1 leak, at the strength SD has it). factor 1 returns `betas`.
+    """
+    if not factor > 0:
+        raise ValueError(f"the SNR shift factor must be > 0, got {factor}")
+    if factor == 1:
+        return betas.to(torch.float64)
+    a = alphas_cumprod(betas)
+    a = factor * a / (1.0 + (factor - 1.0) * a)
+    return 1.0 - torch.cat([a[:1], a[1:] / a[:-1]])
+
+
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Rescale a schedule so that SNR(T) = 0 (the paper's Algorithm 1), float64.
 

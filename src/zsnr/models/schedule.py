@@ -10,14 +10,21 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from zsnr.diffusion import alphas_cumprod, make_betas, rescale_zero_terminal_snr, select_timesteps
+from zsnr.diffusion import (
+    alphas_cumprod,
+    make_betas,
+    rescale_zero_terminal_snr,
+    select_timesteps,
+    shift_snr,
+)
 
 
 @dataclass(frozen=True)
 class Schedule:
     betas: str = "scaled_linear"  # zsnr.diffusion.make_betas kind
     num_timesteps: int = 1000
-    rescale_zero_terminal_snr: bool = True  # fix 1
+    snr_shift: float = 1.0  # SNR(t) x this (zsnr.diffusion.shift_snr): the schedule for another image size
+    rescale_zero_terminal_snr: bool = True  # fix 1 (after the shift)
     prediction_type: str = "v_prediction"  # fix 2 (with loss_weighting "plain": the v-loss)
     loss_weighting: str = "plain"  # or "min_snr" (zsnr.diffusion.loss_weights)
     min_snr_gamma: float = 5.0
@@ -28,7 +35,7 @@ class Schedule:
 
     def make_betas(self) -> torch.Tensor:
         """float64 [T]."""
-        betas = make_betas(self.betas, self.num_timesteps)
+        betas = shift_snr(make_betas(self.betas, self.num_timesteps), self.snr_shift)
         return rescale_zero_terminal_snr(betas) if self.rescale_zero_terminal_snr else betas
 
     def alphas_cumprod(self) -> torch.Tensor:

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from zsnr.diffusion import SCHEDULES, alphas_cumprod, make_betas, rescale_zero_terminal_snr, snr
+from zsnr.diffusion import (
+    SCHEDULES,
+    alphas_cumprod,
+    make_betas,
+    rescale_zero_terminal_snr,
+    shift_snr,
+    snr,
+)
 
 # Table 1 (arXiv 2305.08891), recomputed in float64: schedule -> (SNR(T), sqrt(abar_T)); SD's SNR(T) follows
 # the table's sqrt(abar_T) column, which contradicts the printed 4.928220e-03
@@ -104,3 +111,26 @@ def test_rescaled_properties(kind):
     # sqrt(abar) is an affine map of the original: (s - s_T) s_1 / (s_1 - s_T)
     s, sT, s0 = a.sqrt(), a[-1].sqrt(), a[0].sqrt()
     torch.testing.assert_close(ar.sqrt(), (s - sT) * s0 / (s0 - sT), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("factor", [0.25, 4.0, 16.0])
+def test_shift_snr_multiplies_snr_at_every_t(factor):
+    b = make_betas("scaled_linear")
+    a = alphas_cumprod(b).numpy()
+    expected = factor * a / (1 - a)  # SNR'(t) = factor SNR(t), from abar in numpy
+    shifted = alphas_cumprod(shift_snr(b, factor)).numpy()
+    np.testing.assert_allclose(shifted / (1 - shifted), expected, rtol=1e-10)
+    assert torch.equal(shift_snr(b, 1.0), b)
+    with pytest.raises(ValueError, match="> 0"):
+        shift_snr(b, 0.0)
+
+
+def test_shift_16_gives_16px_the_image_mean_snr_of_sds_64px_latents():
+    # the mean of n i.i.d. noise pixels has variance 1/n: the image mean is seen at SNR n * SNR(t)
+    sd = snr(alphas_cumprod(make_betas("scaled_linear")))[-1].item()
+    shifted = snr(alphas_cumprod(shift_snr(make_betas("scaled_linear"), 16.0)))[-1].item()
+    assert 16 * 16 * shifted == pytest.approx(64 * 64 * sd, rel=1e-10)  # 19.18 both
+    # Algorithm 1 after the shift: SNR(T) = 0, abar_1 of the shifted schedule kept
+    r = alphas_cumprod(rescale_zero_terminal_snr(shift_snr(make_betas("scaled_linear"), 16.0)))
+    assert r[-1].item() == pytest.approx(0.0, abs=1e-30)
+    assert r[0].item() == pytest.approx(alphas_cumprod(shift_snr(make_betas("scaled_linear"), 16.0))[0].item())
