@@ -140,6 +140,8 @@ def test_a_bad_resume_or_data_key_fails_before_any_model_loads(tmp_path, data_ro
         train(compose("train", [*base, "+data.batch_size=8"]))  # it used to be replaced without a word
     with pytest.raises(ValueError, match="data.resolution is not read: the run's model.resolution sets it"):
         train(compose("train", [*base, "+data.resolution=64"]))
+    with pytest.raises(ValueError, match="ema_on_cpu=true does not combine with trainer=fsdp"):
+        train(compose("train", [*base, "trainer=fsdp", "module.ema_on_cpu=true"]))
     assert not built and not (run_dir / "config.yaml").exists()  # nothing built, the run's config untouched
 
 
