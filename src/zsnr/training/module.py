@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from zsnr.data import to_model_range
 from zsnr.diffusion import add_noise, loss_weights, snr, v_target
-from zsnr.models import build_components
+from zsnr.models import Components, build_components
 from zsnr.models.autoencoders import sample_posterior
 from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
@@ -54,14 +54,17 @@ class DiffusionModule(pl.LightningModule):
         init_from: str | None = None,
         init_weights: str = "ema",
         max_consecutive_skips: int = 10,
+        components: Components | None = None,
     ) -> None:
+        """`components`: model parts already built for `model` (the memory planner's weightless ones); None
+        builds them from the spec."""
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if lr_schedule == "cosine" and not total_steps:
             raise ValueError("lr_schedule='cosine' needs total_steps (the step at which the lr reaches 0)")
         ema_schedule = EMASchedule(ema_decay, ema_warmup, ema_every_n_steps)  # checks them before any model
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["components"])
         self.schedule = Schedule(**diffusion)
         s = self.schedule
         if (
@@ -76,7 +79,7 @@ class DiffusionModule(pl.LightningModule):
             )
         # init_from: checked and read before the model is built (the UNet then skips its pretrained weights)
         init = load_init_weights(init_from, init_weights) if init_from else None
-        parts = build_components(model, pretrained_unet=init is None)
+        parts = components or build_components(model, pretrained_unet=init is None)
         frozen = {"autoencoder": parts.autoencoder, "text_encoder": parts.text_encoder}
         if init is not None:  # random frozen parts (model=tiny) come with the UNet they were trained with
             apply_init_weights(
