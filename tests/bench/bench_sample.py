@@ -142,6 +142,9 @@ def test_bench_sample_against_diffusers(tmp_path):
     report(result)
     assert result["max_difference"] < 1e-4
     report_sd21_cost()
+    memory = sd21_sampling_memory()
+    print("SD 2.1-base, 512 px, bf16 (GiB at the peak, weights left out): "
+          + ", ".join(f"{name} {gib:.2f}" for name, gib in memory.items()))  # fmt: skip
 
 
 # -- what sampling costs in FLOPs ----------------------------------------------------------------------------
@@ -191,8 +194,8 @@ def test_sampling_flops_formula_matches_a_counted_generate():
     assert counted == sampling_flops(parts["unet"], parts["decode"], parts["text"], 3, 3, guidance=False)
 
 
-def sd21_part_flops(resolution: int = 512) -> dict[str, float]:
-    """SD 2.1-base's parts on the meta device (no weights, no memory): UNet, VAE decode, OpenCLIP ViT-H text."""
+def sd21_model(resolution: int = 512) -> InferenceModel:
+    """SD 2.1-base's parts on the meta device (no weights, no memory): UNet, VAE, OpenCLIP ViT-H text tower."""
     from diffusers import AutoencoderKL
 
     from zsnr.models import SD21_UNET, KLAutoencoder, OpenCLIPTextEncoder, build_unet
@@ -200,11 +203,14 @@ def sd21_part_flops(resolution: int = 512) -> dict[str, float]:
     from zsnr.models.text import VIT_H14_TEXT
 
     with torch.device("meta"):
-        model = InferenceModel(
+        return InferenceModel(
             build_unet(SD21_UNET), KLAutoencoder(AutoencoderKL(**SD21_VAE)), OpenCLIPTextEncoder(**VIT_H14_TEXT),
             None, Schedule(), resolution, {}, 0,
         )  # fmt: skip
-    return part_flops(model, resolution // 8, resolution)
+
+
+def sd21_part_flops(resolution: int = 512) -> dict[str, float]:
+    return part_flops(sd21_model(resolution), resolution // 8, resolution)
 
 
 def report_sd21_cost(images: int = 10_000, steps: int = 50, batch: int = 16, peak_tflops: float = 989.4,
@@ -221,3 +227,43 @@ def report_sd21_cost(images: int = 10_000, steps: int = 50, batch: int = 16, pea
         f"{peak_tflops} TFLOP/s ({100 * steps * 2 * p['unet'] * images / total:.1f}% of it in the UNet)"
     )
     return {"total": total, "seconds": seconds, **p}
+
+
+def sd21_sampling_memory(batch: int = 16) -> dict[str, float]:
+    """GiB at the peak, weights left out, of SD 2.1-base's UNet called on a CFG batch ([x, x] for `batch`
+    images) and of its VAE decoding 1 and DECODE_BATCH images at 512 px: bf16 autocast under CUDA's rules,
+    traced on fake tensors (zsnr.training.memory_plan's tracker)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from zsnr.models.pipeline import DECODE_BATCH
+    from zsnr.training.memory_plan import GIB, fake_tensors, follow_cuda_autocast, peak_tracker
+
+    model = sd21_model()
+    unet, decoder = model.unet, model.autoencoder
+    out = {}
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake_tensors(unet), fake_tensors(decoder)
+        follow_cuda_autocast(unet, decoder)
+        calls = {
+            f"unet, CFG batch of {batch}": lambda: unet(
+                torch.randn(2 * batch, 4, 64, 64),
+                torch.zeros(2 * batch, dtype=torch.long),
+                encoder_hidden_states=torch.randn(2 * batch, 77, 1024),
+            ),  # fmt: skip
+            "decode, 1 image": lambda: decoder.decode(torch.randn(1, 4, 64, 64)),
+            f"decode, {DECODE_BATCH} images": lambda: decoder.decode(torch.randn(DECODE_BATCH, 4, 64, 64)),
+        }
+        for name, call in calls.items():
+            tracker = peak_tracker()
+            tracker.track_external(unet, decoder)
+            with tracker, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                call()
+            peak = tracker.get_tracker_snapshot("peak")
+            weights = sum(
+                b
+                for d in peak.values()
+                for k, b in d.items()
+                if str(getattr(k, "value", k)) in ("Parameter", "Buffer")
+            )
+            out[name] = (sum(d["Total"] for d in peak.values()) - weights) / GIB
+    return out

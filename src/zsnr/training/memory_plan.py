@@ -8,7 +8,8 @@ config.json files, or SD 2.1's published layout), so SD 2.1 plans in a minute on
 
 What the trace knows and what it assumes:
 - bf16-mixed is traced with CPU autocast, made to follow CUDA autocast's rules where they differ for these
-  models: GroupNorm, LayerNorm and softmax run in float32 on CUDA (`CudaAutocastPolicy`);
+  models: GroupNorm and LayerNorm run in float32 on CUDA (`follow_cuda_autocast`; the softmax of
+  model.attention=eager, float32 on CUDA too, is left in bf16: such a plan counts its attention maps at half);
 - AdamW's moments are allocated before the traced step (steady state, not the first step), and on a GPU the
   optimizer runs its foreach path (what torch picks for CUDA tensors), with its full-size temporaries;
 - DDP keeps the gradients allocated between steps (gradient_as_bucket_view: they are views of its buckets);
@@ -21,15 +22,12 @@ What the trace knows and what it assumes:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from zsnr.models.components import weightless_components
 
@@ -38,18 +36,19 @@ STRATEGIES = ("single", "ddp", "fsdp")
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-class CudaAutocastPolicy(TorchFunctionMode):
-    """Under CPU autocast, run what CUDA autocast runs in float32 in float32 (its outputs, hence the saved
-    activations, are then float32 as on a GPU); CPU autocast would keep these ops in the input's dtype."""
+def follow_cuda_autocast(*modules: nn.Module) -> list:
+    """Make the GroupNorm and LayerNorm layers of `modules` run in float32 under CPU autocast, as CUDA autocast
+    runs them (their outputs, hence the activations they save, are then float32 as on a GPU; CPU autocast keeps
+    them in the input's dtype). Forward pre-hooks, so gradient checkpointing's recomputation follows the same
+    rule. Returns the hook handles."""
 
-    FLOAT32 = {F.group_norm, F.layer_norm, F.softmax, F.log_softmax, torch.softmax, torch.Tensor.softmax}
+    def upcast(module: nn.Module, args: tuple) -> tuple | None:
+        if not torch.is_autocast_enabled("cpu"):
+            return None
+        return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in self.FLOAT32 and torch.is_autocast_enabled("cpu"):
-            up = lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
-            args, kwargs = [up(a) for a in args], {k: up(v) for k, v in kwargs.items()}
-        return func(*args, **kwargs)
+    norms = [m for part in modules for m in part.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
+    return [m.register_forward_pre_hook(upcast) for m in norms]
 
 
 @dataclass
@@ -128,7 +127,7 @@ def plan_memory(
     frozen = [parts.autoencoder, parts.text_encoder]
     with FakeTensorMode(allow_non_fake_inputs=True):
         for part in (unet, ema, *frozen):
-            _fake_tensors(part)
+            fake_tensors(part)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=gpu)
         for p in unet.parameters():  # steady state: the moments exist before the step
             p.grad = torch.zeros_like(p)
@@ -137,15 +136,15 @@ def plan_memory(
         batch = _fake_batch(module, micro_batch_size, latents)
         for part in frozen:  # MemTracker hooks every parameter that runs forward; these run under no_grad
             part.requires_grad_(True)
-        tracker = _peak_tracker()
+        tracker = peak_tracker()
         tracker.track_external(unet, *frozen, optimizer, *([] if ema_on_cpu else [ema]))
         autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
-        policy = CudaAutocastPolicy() if gpu and dtype is not None else contextlib.nullcontext()
+        hooks = follow_cuda_autocast(unet, *frozen) if gpu and dtype is not None else []
         step = _Forward(module, batch)
         with tracker:
             for _ in range(min(accumulation, 2)):  # the second micro-batch runs with gradients allocated
                 tracker.reset_mod_stats()  # per-module statistics are per call; the totals are kept
-                with autocast, policy:
+                with autocast:
                     loss = step()
                 (loss / accumulation).backward()
                 del loss
@@ -158,6 +157,8 @@ def plan_memory(
         peak = tracker.get_tracker_snapshot("peak")
         for part in frozen:
             part.requires_grad_(False)
+        for hook in hooks:
+            hook.remove()
         sizes = {
             "unet": _module_bytes(unet),
             "ema": 0 if ema_on_cpu else _module_bytes(ema),
@@ -191,7 +192,7 @@ def _peak_tracker_class():
     return PeakTracker
 
 
-def _peak_tracker():
+def peak_tracker():
     return _peak_tracker_class()()  # torch.distributed._tools is imported only when a plan is made
 
 
@@ -207,7 +208,7 @@ class _Forward(nn.Module):
         return self.step(self.batch, 0)["loss"]
 
 
-def _fake_tensors(module: nn.Module) -> None:
+def fake_tensors(module: nn.Module) -> None:
     """Meta parameters and buffers -> fake CPU tensors of the same shape, dtype and layout, in place (Module.to
     cannot: it swaps fake tensors, which fails on parameters a module keeps weak references to)."""
     for sub in module.modules():

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from training_helpers import ROOT, TINY_SPEC, ZERO_SNR, compose, launch_module
 
 from zsnr.models import build_components
-from zsnr.training.memory_plan import CudaAutocastPolicy, plan_memory
+from zsnr.training.memory_plan import follow_cuda_autocast, plan_memory
 
 PROBE = Path(__file__).with_name("step_memory.py")
 
@@ -60,15 +59,20 @@ def test_strategies_and_the_ema_on_the_cpu(closed_form):
         plan_memory(TINY_SPEC, ZERO_SNR, 8, strategy="zero3")
 
 
-def test_cuda_autocast_policy_runs_the_norms_in_float32():
-    x, norm = torch.randn(2, 8, 4, 4), torch.nn.GroupNorm(4, 8)
+def test_cuda_autocast_rules_run_the_norms_in_float32():
+    x, model = (
+        torch.randn(2, 8, 4, 4),
+        torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.GroupNorm(4, 8)),
+    )
+    layer = torch.nn.LayerNorm(4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        conv = torch.nn.functional.conv2d(x, torch.randn(8, 8, 1, 1))
-        assert norm(conv).dtype == torch.bfloat16  # CPU autocast's rule
-        with CudaAutocastPolicy():
-            assert norm(conv).dtype == torch.float32  # CUDA autocast's rule
-            assert F.softmax(conv, dim=-1).dtype == torch.float32
-            assert F.linear(conv, torch.randn(4, 4)).dtype == torch.bfloat16  # matmuls stay bf16
+        assert model(x).dtype == layer(model(x)).dtype == torch.bfloat16  # CPU autocast's rule
+        hooks = follow_cuda_autocast(model, layer)
+        assert model(x).dtype == layer(model(x)).dtype == torch.float32  # CUDA autocast's rule
+        assert model[0](x).dtype == torch.bfloat16  # convolutions and matmuls stay bf16
+    assert model(x).dtype == torch.float32
+    for hook in hooks:
+        hook.remove()
 
 
 # Measured (python tests/unit/training/step_memory.py, 2 runs, 4 steps each): the RSS rises by 174.5-175.0 MB
@@ -92,3 +96,11 @@ def test_the_command_reads_trains_config(capsys):
     printed = capsys.readouterr().out
     assert result["fits"] and "32-true on cpu, single x 1" in printed and "fits in 1 GiB" in printed
     assert result["plan"].setup["micro_batch_size"] == 8 and result["plan"].setup["accumulation"] == 4
+
+
+def test_gradient_checkpointing_is_traced_and_keeps_fewer_activations():
+    spec = {**TINY_SPEC, "gradient_checkpointing": True}
+    full = plan_memory(TINY_SPEC, ZERO_SNR, 16, precision="bf16-mixed")
+    checkpointed = plan_memory(spec, ZERO_SNR, 16, precision="bf16-mixed")  # recomputed under CUDA's rules
+    assert checkpointed.parts["activations"] < full.parts["activations"]
+    assert checkpointed.parts["unet"] == full.parts["unet"]
