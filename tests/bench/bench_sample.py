@@ -4,10 +4,11 @@ StableDiffusionPipeline on the same exported model, and what sampling costs in F
 `make bench` runs the full comparison (marked slow): the tiny model (configs/model/tiny.yaml, random weights)
 is exported with zsnr.export.export_diffusers and loaded back with `StableDiffusionPipeline.from_pretrained`;
 both make the same images (the same prompts, x_T, DDIM trailing, w = 7.5, phi = 0.7, S steps; checked to
-1e-4), one batch of all prompts, torch on one thread. Each round times ours and diffusers' once, the order
-alternating between rounds; images/s are reported as the median over rounds with their min-max spread, in
-wall-clock time and in CPU time of this process (the machine may be shared: wall time then also counts
-waiting for other jobs). Nothing asserts a time.
+1e-4), one batch of all prompts, torch on one thread. Each round times ours and diffusers' once, back to back,
+the order alternating between rounds; reported: images/s of each, median over rounds with the min-max spread,
+and the ratio ours / diffusers of each round (paired: both runs of a round share the machine's state, which
+on a shared machine moves more between rounds than within one), its median and spread; in wall-clock time and
+in CPU time of this process (wall time also counts waiting for other jobs). Nothing asserts a time.
 
 The FLOP count (torch.utils.flop_counter on the meta device) gives what an evaluation costs at full size:
 `sampling_flops` is checked against the FLOPs of a real generate() call on the tiny model.
@@ -103,12 +104,17 @@ def measure(prompts: list[str], steps: int, rounds: int, folder: Path) -> dict:
         name: {clock: sorted(len(prompts) / s for s in seconds) for clock, seconds in by_clock.items()}
         for name, by_clock in times.items()
     }
+    ratios = {
+        clock: sorted(d / o for o, d in zip(times["ours"][clock], times["diffusers"][clock], strict=True))
+        for clock in ("wall", "cpu")
+    }
     return {
         "images": len(prompts),
         "steps": steps,
         "rounds": rounds,
         "max_difference": difference,
         "rates": rates,
+        "ratios": ratios,
     }
 
 
@@ -120,11 +126,11 @@ def report(result: dict) -> None:
         f"[min-max]; max |ours - diffusers| = {result['max_difference']:.1e}"
     )
     for clock in ("wall", "cpu"):
-        o, d = r["ours"][clock], r["diffusers"][clock]
+        o, d, q = r["ours"][clock], r["diffusers"][clock], result["ratios"][clock]
         print(
             f"  {clock:4s}: zsnr.sampling.generate {statistics.median(o):6.2f} [{o[0]:.2f}-{o[-1]:.2f}]   "
             f"diffusers StableDiffusionPipeline {statistics.median(d):6.2f} [{d[0]:.2f}-{d[-1]:.2f}]   "
-            f"ratio {statistics.median(o) / statistics.median(d):.2f}x"
+            f"ours / diffusers per round {statistics.median(q):.3f}x [{q[0]:.3f}-{q[-1]:.3f}]"
         )
 
 
@@ -138,7 +144,7 @@ def test_bench_sample_against_diffusers_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_bench_sample_against_diffusers(tmp_path):
-    result = measure(PROMPTS, steps=25, rounds=5, folder=tmp_path / "export")
+    result = measure(PROMPTS, steps=25, rounds=9, folder=tmp_path / "export")
     report(result)
     assert result["max_difference"] < 1e-4
     report_sd21_cost()

@@ -86,11 +86,12 @@ def guided_denoiser(
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """model_fn(x, t) for zsnr.diffusion's samplers: one batched UNet call on [x, x] with [pos, neg] text
     states, combined by cfg(pos, neg, w, phi); with w = 1 only the conditional pass runs."""
+    both = torch.cat([pos, neg]) if guidance_scale != 1.0 else pos  # once, not at every step
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if guidance_scale == 1.0:
             return unet(x, t, encoder_hidden_states=pos).sample
-        out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([pos, neg])).sample
+        out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=both).sample
         out_pos, out_neg = out.chunk(2)
         return cfg(out_pos, out_neg, guidance_scale, guidance_rescale)
 
