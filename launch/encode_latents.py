@@ -21,9 +21,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zsnr.data import check_no_run_keys, to_model_range, write_shards
-from zsnr.data.latents import STORAGE_DTYPES, encode_sample, storage_error, write_manifest
+from zsnr.data.latents import CROP_KEYS, STORAGE_DTYPES, encode_sample, storage_error, write_manifest
 from zsnr.data.shards import brace_pattern
-from zsnr.models import Components, Tokenizer, build_components, encoder_signature
+from zsnr.models import Components, Tokenizer, build_components, encoder_signature, size_multiple
 
 log = logging.getLogger("zsnr.encode_latents")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -41,10 +41,11 @@ def encoded_samples(
             cpu_std = None if std is None else std.cpu()
             errors.update({d: storage_error(mean.cpu(), cpu_std, d, g) for d in STORAGE_DTYPES})
         for i, key in enumerate(batch["key"]):
+            crop = {k: batch[k][i] for k in CROP_KEYS}
             yield {
                 "__key__": key,
                 "posterior.safetensors": encode_sample(
-                    mean[i], None if std is None else std[i], text[i], dtype
+                    mean[i], None if std is None else std[i], text[i], dtype, crop
                 ),
                 "txt": batch["caption"][i],
             }
@@ -74,18 +75,12 @@ def encode_latents(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
         raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {cfg.dtype!r}")
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     signature = encoder_signature(spec)  # checks the model files before anything loads
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
-    if cfg.device not in ("auto", None):
-        device = torch.device(cfg.device)
-    parts = build_components(spec)
-    parts.autoencoder.to(device)
-    parts.text_encoder.to(device)
     check_no_run_keys(
         cfg.data, {"resolution": "model.resolution", "batch_size": "batch_size", "seed": "seed"}
     )
-    datamodule = instantiate(
+    datamodule = instantiate(  # before the model loads: a bad data setting fails at once
         cfg.data,
-        resolution=parts.resolution,
+        resolution=int(spec["resolution"]),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         tokenizer=Tokenizer(),
@@ -94,7 +89,14 @@ def encode_latents(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
         random_crop=False,
         random_flip=False,
         decode="images",
+        size_multiple=size_multiple(spec),  # data.buckets: each bucket is a latent shape the cache stores
     )
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
+    if cfg.device not in ("auto", None):
+        device = torch.device(cfg.device)
+    parts = build_components(spec)
+    parts.autoencoder.to(device)
+    parts.text_encoder.to(device)
     out, errors = Path(cfg.out), {}
     paths = write_shards(
         encoded_samples(parts, datamodule.train_dataloader(), device, cfg.dtype, errors),
@@ -111,6 +113,7 @@ def encode_latents(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
             "encoder": signature,
             "dtype": cfg.dtype,
             "latent_channels": parts.autoencoder.latent_channels,
+            "image_sizes": [list(size) for size in datamodule.sizes],  # (w, h): one, or the buckets
             "text_hidden_size": int(parts.text_encoder.hidden_size),
             "storage_error": errors,
             "train_command": command,

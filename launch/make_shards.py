@@ -18,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from zsnr.data.manifest import make_shards
-from zsnr.data.synthetic import make_synthetic_shards
+from zsnr.data.synthetic import SyntheticSet, make_synthetic_shards
 
 
 @dataclass
@@ -39,9 +39,8 @@ ConfigStore.instance().store(name="make_shards", node=MakeShardsConfig)
 @hydra.main(version_base=None, config_name="make_shards")
 def main(cfg: MakeShardsConfig) -> None:
     if cfg.synthetic:
-        pattern = make_synthetic_shards(
-            cfg.out, cfg.num_samples, cfg.resolution, cfg.seed, cfg.samples_per_shard
-        )
+        spec = SyntheticSet(cfg.num_samples, cfg.resolution, cfg.seed, cfg.samples_per_shard)
+        pattern = make_synthetic_shards(cfg.out, spec)
     elif cfg.input is None:
         raise SystemExit("give input=<image folder or manifest.csv/.parquet> (or synthetic=true)")
     else:

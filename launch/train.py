@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from zsnr.data import check_no_run_keys
-from zsnr.models import Tokenizer, check_model_files, encoder_signature
+from zsnr.models import Tokenizer, check_model_files, encoder_signature, size_multiple
 from zsnr.training import (
     AtomicCheckpoint,
     StreamingCheckpointIO,
@@ -115,6 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         seed=cfg.seed,
         tokenizer=Tokenizer(),
         latent_signature=encoder_signature(model_spec),  # data.decode=latents: refuses another model's cache
+        size_multiple=size_multiple(model_spec),  # data.buckets: bucket sides the model takes as they are
     )
     wanted = dict(cfg.get("callbacks") or {})
     if (

@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from zsnr.data import LaionFilter, ShardStream, parse_sources, to_model_range, write_shards
+from zsnr.data.buckets import BucketSpec
 
 RESOLUTION = 512
 
@@ -88,6 +89,12 @@ def make_bench_shards(folder: str, num_samples: int, seed: int = 0, **sizes) -> 
     return paths[0].replace("0000.tar", f"{{0000..{len(paths) - 1:04d}}}.tar"), bits / pixels
 
 
+def full_bench_shards(folder: str) -> tuple[str, float, int]:
+    """The full runs' set: ZSNR_BENCH_DATA_SAMPLES (300) LAION-like JPEGs; pattern, bits per pixel, count."""
+    total = int(os.environ.get("ZSNR_BENCH_DATA_SAMPLES", "300"))
+    return *make_bench_shards(folder, total), total
+
+
 def naive_pipeline(urls: str, resolution: int, filters: LaionFilter):
     """The common webdataset recipe: decode everything, then filter, then torchvision transforms."""
     transform = T.Compose(
@@ -105,13 +112,16 @@ def naive_pipeline(urls: str, resolution: int, filters: LaionFilter):
     )
 
 
-def our_pipeline(urls: str, resolution: int, filters: LaionFilter, batch_size: int = 16) -> ShardStream:
+def our_pipeline(
+    urls: str, resolution: int, filters: LaionFilter, batch_size: int = 16, buckets: BucketSpec | None = None
+) -> ShardStream:
     return ShardStream(
         parse_sources(urls),
         batch_size=batch_size,
         resolution=resolution,
         shuffle_buffer=1000,
         filters=filters,
+        buckets=buckets,
     )
 
 
@@ -171,8 +181,7 @@ def report(result: dict, total: int, resolution: int, bpp: float) -> None:
 
 @pytest.mark.slow
 def test_bench_data_pipeline_speed(tmp_path_factory):
-    total = int(os.environ.get("ZSNR_BENCH_DATA_SAMPLES", "300"))
-    urls, bpp = make_bench_shards(str(tmp_path_factory.mktemp("bench_data")), total)
+    urls, bpp, total = full_bench_shards(str(tmp_path_factory.mktemp("bench_data")))
     result = measure(urls, RESOLUTION)
     report(result, total, RESOLUTION, bpp)
     assert 0.3 < result["kept"] / total < 0.8

@@ -9,7 +9,7 @@ import pytest
 from shard_server import ShardServer
 from training_helpers import ROOT, tiny_run
 
-from zsnr.data import make_synthetic_shards
+from zsnr.data import SyntheticSet, make_synthetic_shards
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
 
@@ -17,7 +17,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("served")
-    make_synthetic_shards(str(folder), 128, 32, 0, 32)  # shard-000000..000003.tar
+    make_synthetic_shards(str(folder), SyntheticSet(128, 32, 0, 32))  # shard-000000..000003.tar
     return folder
 
 

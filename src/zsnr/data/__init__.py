@@ -6,12 +6,13 @@ from zsnr.data.filters import LaionFilter
 from zsnr.data.shards import parse_sources, write_shards
 from zsnr.data.stats import BadDataError, summary_line
 from zsnr.data.stream import ShardStream
-from zsnr.data.synthetic import ensure_synthetic_shards, make_synthetic_shards
+from zsnr.data.synthetic import SyntheticSet, ensure_synthetic_shards, make_synthetic_shards
 
 __all__ = [
     "BadDataError",
     "LaionFilter",
     "ShardStream",
+    "SyntheticSet",
     "WebDataModule",
     "check_no_run_keys",
     "decode_image",

@@ -7,7 +7,10 @@ posterior itself, as `{key}.posterior.safetensors` with
     std          [C, h, w]  posterior standard deviation, likewise scaled (absent in pixel space: no noise)
     text_states  [L, D]     the frozen text encoder's hidden states
 in float32, bfloat16 or float16, and the training step draws x0 = mean + std * eps with that step's generator
-(zsnr.training.DiffusionModule), exactly as it does when it encodes images itself.
+(zsnr.training.DiffusionModule), exactly as it does when it encodes images itself. Beside them, as int64,
+`original_size` and `crop_top_left` of the image's crop (zsnr.data.decode). With aspect-ratio buckets
+(zsnr.data.buckets) each sample keeps its bucket's shape, [C, h / 8, w / 8] for SD, and the stream batches
+equal shapes together.
 
 `latents.json` beside the shards records the format, the encoder signature (model, resolution, scaling
 factor: zsnr.models.encoder_signature) and what the storage dtype costs; a run whose model does not match is
@@ -29,21 +32,31 @@ MEMBER = "posterior.safetensors"
 MANIFEST = "latents.json"
 FORMAT = "zsnr-latent-posterior/1"
 BATCH_KEYS = {"mean": "latent_mean", "std": "latent_std", "text_states": "text_states"}
+CROP_KEYS = ("original_size", "crop_top_left")  # stored and read back as they are (int64)
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def encode_sample(mean: torch.Tensor, std: torch.Tensor | None, text: torch.Tensor, dtype: str) -> bytes:
-    """One sample's member bytes, in the storage dtype."""
+def encode_sample(
+    mean: torch.Tensor,
+    std: torch.Tensor | None,
+    text: torch.Tensor,
+    dtype: str,
+    crop: Mapping[str, torch.Tensor] | None = None,
+) -> bytes:
+    """One sample's member bytes, in the storage dtype; `crop`: its CROP_KEYS, kept as int64."""
     from safetensors.torch import save
 
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"latent storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
     tensors = {"mean": mean, "text_states": text} | ({} if std is None else {"std": std})
-    return save({k: v.detach().to(STORAGE_DTYPES[dtype]).cpu().contiguous() for k, v in tensors.items()})
+    tensors = {k: v.detach().to(STORAGE_DTYPES[dtype]) for k, v in tensors.items()}
+    tensors |= {k: v.detach().long() for k, v in (crop or {}).items() if k in CROP_KEYS}
+    return save({k: v.cpu().contiguous() for k, v in tensors.items()})
 
 
 def decode_sample(data: bytes) -> dict[str, torch.Tensor]:
-    """Member bytes -> {"latent_mean", "latent_std" (if any), "text_states"} as float32."""
+    """Member bytes -> {"latent_mean", "latent_std" (if any), "text_states"} as float32, and the CROP_KEYS
+    the cache has (caches written before them have none)."""
     from safetensors.torch import load
 
     if len(data) == 0:
@@ -54,7 +67,9 @@ def decode_sample(data: bytes) -> dict[str, torch.Tensor]:
         raise BadData("tensor_decode", f".{MEMBER} does not load: {exn!r}") from None
     if "mean" not in tensors or "text_states" not in tensors:
         raise BadData("tensor_decode", f".{MEMBER} holds {sorted(tensors)}, not mean/std/text_states")
-    return {BATCH_KEYS[k]: v.float() for k, v in tensors.items() if k in BATCH_KEYS}
+    return {BATCH_KEYS[k]: v.float() for k, v in tensors.items() if k in BATCH_KEYS} | {
+        k: v for k, v in tensors.items() if k in CROP_KEYS
+    }
 
 
 def storage_error(

@@ -3,11 +3,14 @@
 Order of work is the point: metadata filters run before any image is decoded, the shuffle holds compressed
 bytes, and only accepted, shuffled samples are decoded. Each batch carries
   batch["stats"]   counts since this worker's previous batch (see zsnr.data.stats)
-  batch["resume"]  {"epoch", "worker", "token", "batches", "shards"}: where this worker's stream stands after
-                   the batch ("shards": the counts of the shards being read, for ShardVerdicts)
+  batch["resume"]  {"epoch", "worker", "token", "batches", "shards", "buffered"}: where this worker's stream
+                   stands after the batch ("shards": the counts of the shards being read, for ShardVerdicts;
+                   "buffered": the [ordinal, index] of the samples waiting in bucket buffers)
 A token [ordinal, raw_index, j] means: the shuffle block that starts at sample `raw_index` of the worker's
-`ordinal`-th shard, of which j samples were delivered. Blocks are permuted by a seed that depends only on
-where they start, so re-reading from a token reproduces the stream exactly (zsnr.data.resume).
+`ordinal`-th shard, of which j samples were taken. Blocks are permuted by a seed that depends only on
+where they start, so re-reading from a token, with the buffered samples read again into their buffers,
+reproduces the stream exactly (zsnr.data.resume). Items go to the buffer of their shape (zsnr.data.buckets:
+one shape without data.buckets) and a batch is one full buffer; a single pass ends with the partial ones.
 With report_end set (zsnr.data.resume sets it), a worker's stream ends with {END_OF_STREAM: True, "stats"}: the
 counts read after its last batch, so that a pass that yields no batch still reports what it read.
 """
@@ -18,19 +21,17 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from zsnr.data import latents
-from zsnr.data.decode import IMAGE_EXTS, decode_image, first_member, read_caption, read_metadata
+from zsnr.data.buckets import BucketBuffers, BucketSpec, bucket_sizes
 from zsnr.data.filters import LaionFilter
 from zsnr.data.http_shards import HttpOptions
+from zsnr.data.samples import SampleReader, Tokenizer, collate
 from zsnr.data.shards import BadData, ShardPlan, Source, read_shard
 from zsnr.data.stats import DataStats, ShardVerdicts
 
 DECODE_MODES = ("images", "latents")
 END_OF_STREAM = "end_of_stream"
-Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
 def fresh_position(epoch: int = 0) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class ShardStream(IterableDataset):
         world_size: int = 1,
         max_bad_shard_fraction: float = 0.1,
         http: HttpOptions | None = None,
+        buckets: BucketSpec | None = None,
     ):
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
@@ -75,6 +77,8 @@ class ShardStream(IterableDataset):
         self.seed, self.random_crop, self.random_flip = seed, random_crop, random_flip
         self.filters = LaionFilter.off() if decode == "latents" else (filters or LaionFilter())
         self.max_bad_fraction, self.tokenizer, self.decode = max_bad_fraction, tokenizer, decode
+        self.buckets, self.sizes = buckets, bucket_sizes(resolution, buckets)
+        self.reader = SampleReader(decode, self.filters, self.sizes, random_crop, random_flip)
         self.rank, self.world_size = rank, world_size
         self.max_bad_shard_fraction, self.http = max_bad_shard_fraction, http or HttpOptions()
         self.position = fresh_position()
@@ -113,7 +117,13 @@ class ShardStream(IterableDataset):
         self._saved_shards = saved.get("shards") if saved else None
         samples = self._shuffled(self._records(plan, token[0], token[1], stop, stats), plan, g, token)
         tag = {"epoch": self.position["epoch"], "worker": worker}
-        yield from self._batches(samples, stats, g, tag, token, done, quota)
+        buffers = BucketBuffers(self.batch_size)
+        buffered = (saved or {}).get("buffered") or []  # absent in positions saved before buckets
+        for item in self.reader.reread(
+            buffered, lambda o: next(plan.tasks(o)).url, self.http, f"{self._seed}/{g}"
+        ):
+            buffers.add(item)  # fewer than a batch per bucket: nothing comes out
+        yield from self._batches(samples, stats, g, tag, token, done, quota, buffers)
         stats.check_shards(final=self.finite)
         if self.report_end:
             yield {END_OF_STREAM: True, "stats": {} if self._recounting else stats.delta()}
@@ -143,44 +153,54 @@ class ShardStream(IterableDataset):
         token: Sequence[int],
         done: int,
         quota: int | None,
+        buffers: BucketBuffers,
     ) -> Iterator[dict[str, Any]]:
-        """Decode and collate. A full batch waits until the next sample decodes (or the stream ends), so the
-        counts of everything read before it, bad images included, travel with a batch; the last batch of a
-        quota too, so that where the counts stand after a batch does not depend on whether the stream goes on."""
-        items, last, pending = [], token, None
+        """Decode, buffer by bucket and collate. A full batch waits until the next sample decodes (or the
+        stream ends), so the counts of everything read before it, bad images included, travel with a batch;
+        the last batch of a quota too, so that where the counts stand after a batch does not depend on
+        whether the stream goes on. Its position is the token after the sample that filled it, and the
+        samples then waiting in the other buckets."""
+        last, pending = token, None
 
-        def batch(content: list, at: Sequence[int]) -> dict[str, Any]:
+        def batch(content: list, at: Sequence[int], buffered: list) -> dict[str, Any]:
             nonlocal done
             done += 1
-            resume = {**tag, "token": list(at), "batches": done, "shards": self._shards.state()}
+            resume = {**tag, "token": list(at), "batches": done, "shards": self._shards.state(),
+                      "buffered": buffered}  # fmt: skip
             return self._collate(content, stats, resume)
 
         for record, position in samples:
             try:
-                item = self._decode(record, g)
+                item = self.reader.decode(record, f"{self._seed}/{g}")
             except BadData as exn:
                 stats.bad(exn.kind, record["url"], f"{record['key']}: {exn}")
                 self._shards.bad(record["cursor"][0], exn.kind)
                 self._shards.decoded(record["cursor"][0])
                 continue
             self._shards.decoded(record["cursor"][0])
-            if self._recounting:
-                stats.delta()  # where the saved batch's counts stood: from here on, counts are new
-                self._shards.restore(self._saved_shards)
-                self._recounting = False
+            self._end_recount(stats)
             if pending is not None:
                 yield batch(*pending)
                 pending = None
                 if quota is not None and done >= quota:
                     return
-            items.append(item)
             last = position
-            if len(items) == self.batch_size:
-                pending, items = (items, last), []
+            full = buffers.add(item)
+            if full is not None:
+                pending = (full, last, buffers.cursors())
         if pending is not None:
             yield batch(*pending)
-        if items:
-            yield batch(items, last)
+        if buffers.buffers:  # resumed among these: the saved batch counted all that was read
+            self._end_recount(stats)
+        for items in buffers.drain():  # the end of a single pass: what is left, one batch per bucket
+            yield batch(items, last, buffers.cursors())
+
+    def _end_recount(self, stats: DataStats) -> None:
+        """After a resume, what was read again up to here is what the saved batch's counts already hold."""
+        if self._recounting:
+            stats.delta()  # where the saved batch's counts stood: from here on, counts are new
+            self._shards.restore(self._saved_shards)
+            self._recounting = False
 
     def _records(
         self, plan: ShardPlan, start: int, skip: int, stop: int | None, stats: DataStats
@@ -200,7 +220,7 @@ class ShardStream(IterableDataset):
             for index, sample in enumerate(self._read(task.url, stats, on_bad)):
                 if (task.ordinal == start and index < skip) or index % task.stride != task.offset:
                     continue
-                record = self._scan(sample, stats, on_bad)
+                record = self.reader.scan(sample, stats, on_bad)
                 self._shards.seen(shard, accepted=record is not None)
                 if record is not None:
                     found = True
@@ -218,40 +238,6 @@ class ShardStream(IterableDataset):
         stats.shard_started()
         yield from read_shard(url, on_bad, stats.shard_failed, self.http)
         stats.check_shards()
-
-    def _scan(self, sample: dict[str, Any], stats: DataStats, on_bad: Callable) -> dict[str, Any] | None:
-        """Cheap checks on raw bytes and json: returns a record to shuffle, or None (counted)."""
-        stats.seen()
-        try:
-            if self.decode == "images":
-                ext = first_member(sample, IMAGE_EXTS)
-                if ext is None:
-                    raise BadData(
-                        "missing_image",
-                        f"no image member among {sorted(k for k in sample if not k.startswith('__'))}",
-                    )
-                if len(sample[ext]) == 0:
-                    raise BadData("empty_member", f"zero-byte .{ext}")
-                payload: Any = sample[ext]
-            else:
-                payload = sample.get(latents.MEMBER)
-                if payload is None:
-                    raise BadData(
-                        "missing_latent",
-                        f"no .{latents.MEMBER} member among {sorted(k for k in sample if not k.startswith('__'))} "
-                        "(launch/encode_latents.py writes them)",
-                    )
-            meta = read_metadata(sample, required=self.decode == "images" and self.filters.needs_metadata)
-            caption = read_caption(sample, meta)
-        except BadData as exn:
-            on_bad(exn.kind, sample["__url__"], f"{sample['__key__']}: {exn}")
-            return None
-        reason = self.filters.check(meta, caption)
-        if reason is not None:
-            stats.rejected(reason)
-            return None
-        stats.accepted()
-        return {"key": sample["__key__"], "url": sample["__url__"], "caption": caption, "payload": payload}
 
     def _shuffled(self, records: Iterator, plan: ShardPlan, g: int, token: Sequence[int]) -> Iterator:
         """Block shuffle: permute each run of shuffle_buffer accepted samples; yields (record, token)."""
@@ -279,27 +265,10 @@ class ShardStream(IterableDataset):
         for j in range(skip, len(block)):
             yield block[order[j]], ((*start, j + 1) if j + 1 < len(block) else (*end, 0))
 
-    def _decode(self, record: dict[str, Any], g: int) -> dict[str, Any]:
-        if self.decode == "latents":
-            return {**record, **latents.decode_sample(record["payload"])}
-        ordinal, index = record["cursor"]
-        rng = random.Random(f"zsnr-augment/{self._seed}/{g}/{ordinal}/{index}")
-        image = decode_image(record["payload"], self.resolution, self.random_crop, self.random_flip, rng)
-        return {**record, "image": image}
-
     def _collate(
         self, items: list[dict[str, Any]], stats: DataStats, resume: dict[str, Any]
     ) -> dict[str, Any]:
-        batch: dict[str, Any] = {"key": [i["key"] for i in items], "caption": [i["caption"] for i in items]}
-        names = (
-            [n for n in latents.BATCH_KEYS.values() if n in items[0]]
-            if self.decode == "latents"
-            else ["image"]
-        )
-        for name in names:
-            batch[name] = torch.stack([i[name] for i in items])
-        if self.tokenizer is not None:
-            batch["input_ids"] = self.tokenizer(batch["caption"])
+        batch = collate(items, self.tokenizer)
         batch["stats"] = stats.delta()
         batch["failed_shards"] = stats.take_failed_shards()  # [(url, kind)]: the rank-wide limit names them
         batch["resume"] = resume

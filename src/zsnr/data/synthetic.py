@@ -6,7 +6,8 @@ whole brightness range (image mean brightness std about 0.5 in [-1, 1] units) an
 Each sample's json has LAION's fields, set so that a few samples fail each filter of LaionFilter's defaults,
 plus "brightness" (image mean in [-1, 1]) and "brightness_class" (dark < -1/3 <= mid <= 1/3 < bright).
 Deterministic from the seed (PNG members, fixed tar mtime). `shapes` picks a subset of SHAPES (the demo draws
-solid shapes only: flat colours and clean edges).
+solid shapes only: flat colours and clean edges); `aspects` makes images of other width / height ratios, at
+about the square's pixel count (to try aspect-ratio buckets, zsnr.data.buckets).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import random
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,13 +67,15 @@ def _luma(rgb: tuple[int, int, int]) -> float:
 
 
 def render(
-    rng: random.Random, resolution: int, shapes: tuple[str, ...] = SHAPES
+    rng: random.Random, resolution: int | tuple[int, int], shapes: tuple[str, ...] = SHAPES
 ) -> tuple[Image.Image, str, dict[str, Any]]:
-    """One image, its caption and what it shows (a plain background, or one of `shapes` on one)."""
+    """One image of resolution^2 (or (width, height)) pixels, its caption and what it shows (a plain
+    background, or one of `shapes` on one)."""
+    width, height = (resolution, resolution) if isinstance(resolution, int) else resolution
     names = list(COLORS)
     background = rng.choices(names, weights=[BACKGROUND_WEIGHTS.get(n, 1.0) for n in names])[0]
     bg = COLORS[background]
-    image = Image.new("RGB", (resolution, resolution), bg)
+    image = Image.new("RGB", (width, height), bg)
     if rng.random() < 0.25:  # plain background
         solid = "solid " if background in ("black", "white") and rng.random() < 0.5 else ""
         return (
@@ -83,10 +87,10 @@ def render(
     color = rng.choice([n for n in names if abs(_luma(COLORS[n]) - _luma(bg)) > 60 and n != background])
     shape = rng.choice(shapes)
     draw = ImageDraw.Draw(image)
-    fg, r = COLORS[color], resolution
+    fg, r = COLORS[color], min(width, height)
     if shape in ("circle", "square", "triangle"):
         size = rng.uniform(0.25, 0.5) * r
-        x, y = rng.uniform(0, r - size), rng.uniform(0, r - size)
+        x, y = rng.uniform(0, width - size), rng.uniform(0, height - size)
         box = (x, y, x + size, y + size)
         if shape == "circle":
             draw.ellipse(box, fill=fg)
@@ -97,10 +101,10 @@ def render(
         caption = f"{_a(color)} {shape} on {_a(background)} background"
     else:
         period = max(2, int(r / rng.choice((4, 6, 8))))
-        for i in range(0, r, period):
-            for j in range(0, r, period) if shape == "checkerboard" else (0,):
+        for i in range(0, width, period):
+            for j in range(0, height, period) if shape == "checkerboard" else (0,):
                 if shape == "stripes":
-                    draw.rectangle((i, 0, i + period // 2 - 1, r), fill=fg)
+                    draw.rectangle((i, 0, i + period // 2 - 1, height), fill=fg)
                 elif (i // period + j // period) % 2 == 0:
                     draw.rectangle((i, j, i + period - 1, j + period - 1), fill=fg)
         caption = (
@@ -151,20 +155,54 @@ def _check_shapes(shapes: tuple[str, ...]) -> tuple[str, ...]:
     return shapes
 
 
-def synthetic_samples(
-    num_samples: int, resolution: int, seed: int, shapes: tuple[str, ...] = SHAPES
-) -> Iterator[dict[str, Any]]:
-    shapes = _check_shapes(shapes)
-    reasons = _reasons(num_samples, random.Random(f"zsnr-synthetic-reasons/{seed}"))
-    for i in range(num_samples):
-        rng = random.Random(f"zsnr-synthetic/{seed}/{i}")
-        image, caption, what = render(rng, resolution, shapes)
+@dataclass(frozen=True)
+class SyntheticSet:
+    """Everything one synthetic set is made from: its samples, its shards and its folder name follow from it.
+
+    The keys of data.synthetic / data.val_synthetic (WebDataModule adds the run's resolution). Checked when
+    made, so a bad setting fails before anything is generated.
+    """
+
+    num_samples: int = 2048
+    resolution: int = 64
+    seed: int = 0
+    samples_per_shard: int = 256
+    shapes: tuple[str, ...] = SHAPES
+    aspects: tuple[float, ...] = (1.0,)  # width / height, one drawn per image, about resolution^2 pixels each
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.resolution < 8 or self.samples_per_shard < 1:
+            raise ValueError(
+                f"need num_samples >= 1, resolution >= 8, samples_per_shard >= 1; got {self.num_samples}, "
+                f"{self.resolution}, {self.samples_per_shard}"
+            )
+        object.__setattr__(self, "shapes", _check_shapes(self.shapes))  # a config's list becomes a tuple
+        aspects = tuple(float(a) for a in self.aspects)
+        if not aspects or not all(0.1 <= a <= 10 for a in aspects):
+            raise ValueError(f"synthetic aspects (width / height) must lie in [0.1, 10]; got {list(aspects)}")
+        object.__setattr__(self, "aspects", aspects)
+
+    def size(self, index: int) -> tuple[int, int]:
+        """(width, height) of image `index`: the square, or an aspect drawn from its own generator (so the
+        square sets' images do not change)."""
+        if self.aspects == (1.0,):
+            return self.resolution, self.resolution
+        aspect = random.Random(f"zsnr-synthetic-aspect/{self.seed}/{index}").choice(self.aspects)
+        return round(self.resolution * math.sqrt(aspect)), round(self.resolution / math.sqrt(aspect))
+
+
+def synthetic_samples(spec: SyntheticSet) -> Iterator[dict[str, Any]]:
+    reasons = _reasons(spec.num_samples, random.Random(f"zsnr-synthetic-reasons/{spec.seed}"))
+    for i in range(spec.num_samples):
+        rng = random.Random(f"zsnr-synthetic/{spec.seed}/{i}")
+        width, height = spec.size(i)
+        image, caption, what = render(rng, (width, height), spec.shapes)
         array = np.asarray(image, dtype=np.float64)
         brightness = round(float(array.mean() / 127.5 - 1.0), 5)
         meta = _metadata(rng, reasons[i])
         if reasons[i] == "caption":
             caption = ""
-        meta.update(caption=caption, width=resolution, height=resolution, brightness=brightness)
+        meta.update(caption=caption, width=width, height=height, brightness=brightness)
         meta.update(brightness_class=brightness_class(brightness), **what)
         png = io.BytesIO()
         image.save(png, format="PNG")
@@ -177,83 +215,54 @@ def synthetic_samples(
         }
 
 
-def make_synthetic_shards(
-    out_dir: str,
-    num_samples: int = 2048,
-    resolution: int = 64,
-    seed: int = 0,
-    samples_per_shard: int = 256,
-    shapes: tuple[str, ...] = SHAPES,
-) -> str:
+def make_synthetic_shards(out_dir: str, spec: SyntheticSet) -> str:
     """Write the synthetic set to out_dir/shard-NNNNNN.tar; returns the brace URL pattern of the shards."""
-    if num_samples < 1 or resolution < 8 or samples_per_shard < 1:
-        raise ValueError(
-            f"need num_samples >= 1, resolution >= 8, samples_per_shard >= 1; got {num_samples}, {resolution}, {samples_per_shard}"
-        )
     paths = write_shards(
-        synthetic_samples(num_samples, resolution, seed, shapes),
+        synthetic_samples(spec),
         os.path.join(out_dir, "shard-%06d.tar"),
-        maxcount=samples_per_shard,
-        total=num_samples,
+        maxcount=spec.samples_per_shard,
+        total=spec.num_samples,
         desc="synthetic shards",
         mtime=0.0,
     )
     return brace_pattern(paths)
 
 
-def synthetic_dir(
-    root: str,
-    num_samples: int,
-    resolution: int,
-    seed: int,
-    samples_per_shard: int,
-    shapes: tuple[str, ...] = SHAPES,
-) -> str:
-    name = f"synthetic-r{resolution}-n{num_samples}-s{seed}-k{samples_per_shard}"
-    if tuple(shapes) != SHAPES:
-        name += "-" + "-".join(_check_shapes(shapes))
+def synthetic_dir(root: str, spec: SyntheticSet) -> str:
+    name = f"synthetic-r{spec.resolution}-n{spec.num_samples}-s{spec.seed}-k{spec.samples_per_shard}"
+    if spec.shapes != SHAPES:
+        name += "-" + "-".join(spec.shapes)
+    if spec.aspects != (1.0,):
+        name += "-a" + "-".join(f"{a:g}" for a in spec.aspects)
     return os.path.join(root, name)
 
 
-def synthetic_url_pattern(
-    root: str,
-    num_samples: int = 2048,
-    resolution: int = 64,
-    seed: int = 0,
-    samples_per_shard: int = 256,
-    shapes: tuple[str, ...] = SHAPES,
-) -> str:
+def synthetic_url_pattern(root: str, spec: SyntheticSet) -> str:
     """Where ensure_synthetic_shards puts (or put) this set; pure, so every rank can compute it."""
-    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard, shapes)
-    shards = math.ceil(num_samples / samples_per_shard)
+    out = synthetic_dir(root, spec)
+    shards = math.ceil(spec.num_samples / spec.samples_per_shard)
     return brace_pattern([os.path.join(out, f"shard-{i:06d}.tar") for i in range(shards)])
 
 
-def ensure_synthetic_shards(
-    root: str,
-    num_samples: int = 2048,
-    resolution: int = 64,
-    seed: int = 0,
-    samples_per_shard: int = 256,
-    shapes: tuple[str, ...] = SHAPES,
-) -> str:
-    """make_synthetic_shards into a folder named by the parameters, unless it is already complete.
+def ensure_synthetic_shards(root: str, spec: SyntheticSet) -> str:
+    """make_synthetic_shards into a folder named by the set, unless it is already complete.
 
     Cheap when the shards exist (one stat of a marker file). Written to a temporary folder and renamed, so
     an interrupted run or a concurrent rank never sees half a set.
     """
-    out = synthetic_dir(root, num_samples, resolution, seed, samples_per_shard, shapes)
-    pattern = synthetic_url_pattern(root, num_samples, resolution, seed, samples_per_shard, shapes)
+    out = synthetic_dir(root, spec)
+    pattern = synthetic_url_pattern(root, spec)
     if os.path.exists(os.path.join(out, "COMPLETE")):
         return pattern
     tmp = f"{out}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    make_synthetic_shards(tmp, num_samples, resolution, seed, samples_per_shard, shapes)
+    make_synthetic_shards(tmp, spec)
     with open(os.path.join(tmp, "COMPLETE"), "w") as marker:
         json.dump(
-            {"num_samples": num_samples, "resolution": resolution, "seed": seed, "shapes": list(shapes)},
+            {"num_samples": spec.num_samples, "resolution": spec.resolution, "seed": spec.seed,
+             "shapes": list(spec.shapes)} | ({} if spec.aspects == (1.0,) else {"aspects": list(spec.aspects)}),
             marker,
-        )
+        )  # fmt: skip
     try:
         os.rename(tmp, out)
     except OSError:  # another process finished first

@@ -1,7 +1,13 @@
 """Build or load the UNet, autoencoder, text encoder and tokenizer of a Stable Diffusion model."""
 
 from zsnr.models.autoencoders import IdentityAutoencoder, KLAutoencoder, tiny_kl_autoencoder
-from zsnr.models.components import Components, build_components, check_model_files, encoder_signature
+from zsnr.models.components import (
+    Components,
+    build_components,
+    check_model_files,
+    encoder_signature,
+    size_multiple,
+)
 from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, Tokenizer
 from zsnr.models.unet import SD21_UNET, SD21_V_UNET, build_unet, configure_unet, tiny_unet_config
 
@@ -19,6 +25,7 @@ __all__ = [
     "check_model_files",
     "configure_unet",
     "encoder_signature",
+    "size_multiple",
     "tiny_kl_autoencoder",
     "tiny_unet_config",
 ]

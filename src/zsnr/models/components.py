@@ -105,6 +105,32 @@ def encoder_signature(spec: dict[str, Any]) -> dict[str, Any]:
     return {"model": model, "resolution": int(spec["resolution"]), "scaling_factor": float(scaling)}
 
 
+def size_multiple(spec: dict[str, Any]) -> int:
+    """Image sides must be multiples of this many pixels for the model: the autoencoder's downsampling times
+    the UNet's (2^(levels - 1)), so no UNet level has to resize a feature map (64 for SD 2.x: 8 x 8). What
+    aspect-ratio buckets step in (zsnr.data.buckets). Cheap: reads at most the two config.json files."""
+    check_model_files(spec)
+    kind = spec["kind"]
+    if kind == "tiny":
+        ae = dict(spec.get("autoencoder", {}))
+        if ae.get("kind", "kl") == "identity":
+            down = int(ae.get("patch_size", 1))
+        else:
+            default = inspect.signature(tiny_kl_autoencoder).parameters["block_out_channels"].default
+            down = 2 ** (len(ae.get("block_out_channels", default)) - 1)
+        default = inspect.signature(tiny_unet_config).parameters["block_out_channels"].default
+        levels = len(spec.get("unet", {}).get("block_out_channels", default))
+    elif kind == "diffusers":
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        path = Path(spec["path"]).expanduser()
+        down = 2 ** (len(AutoencoderKL.load_config(path, subfolder="vae")["block_out_channels"]) - 1)
+        levels = len(UNet2DConditionModel.load_config(path, subfolder="unet")["block_out_channels"])
+    else:
+        down, levels = 2 ** (len(SD21_VAE["block_out_channels"]) - 1), len(SD21_UNET["block_out_channels"])
+    return down * 2 ** (levels - 1)
+
+
 def build_components(
     spec: dict[str, Any], pretrained_unet: bool = True, empty_unet: bool = False
 ) -> Components:

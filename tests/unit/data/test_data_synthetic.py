@@ -16,31 +16,42 @@ from shard_factory import read_keys_and_meta
 
 from zsnr.data import LaionFilter, ShardStream, ensure_synthetic_shards, make_synthetic_shards, parse_sources
 from zsnr.data.manifest import make_shards
-from zsnr.data.synthetic import brightness_class, synthetic_samples
+from zsnr.data.synthetic import SyntheticSet, brightness_class, synthetic_samples
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def test_same_seed_same_bytes_other_seed_other_data():
-    a, b = list(synthetic_samples(30, 32, 5)), list(synthetic_samples(30, 32, 5))
+    a, b = list(synthetic_samples(SyntheticSet(30, 32, 5))), list(synthetic_samples(SyntheticSet(30, 32, 5)))
     assert a == b
-    assert [s["png"] for s in a] != [s["png"] for s in synthetic_samples(30, 32, 6)]
+    assert [s["png"] for s in a] != [s["png"] for s in synthetic_samples(SyntheticSet(30, 32, 6))]
 
 
 def test_a_subset_of_shapes(tmp_path):
     solid = [
-        json.loads(s["json"]) for s in synthetic_samples(200, 16, 0, shapes=("circle", "square", "triangle"))
+        json.loads(s["json"])
+        for s in synthetic_samples(SyntheticSet(200, 16, 0, shapes=("circle", "square", "triangle")))
     ]
     assert {m["shape"] for m in solid} == {None, "circle", "square", "triangle"}
     assert not any("stripes" in m["caption"] or "checkerboard" in m["caption"] for m in solid)
-    every = [json.loads(s["json"]) for s in synthetic_samples(200, 16, 0)]
+    every = [json.loads(s["json"]) for s in synthetic_samples(SyntheticSet(200, 16, 0))]
     assert {m["shape"] for m in every} == {None, "circle", "square", "triangle", "stripes", "checkerboard"}
-    default = ensure_synthetic_shards(str(tmp_path), 20, 16, 0, 8)
+    default = ensure_synthetic_shards(str(tmp_path), SyntheticSet(20, 16, 0, 8))
     assert "synthetic-r16-n20-s0-k8/" in default  # the default set keeps its folder
-    subset = ensure_synthetic_shards(str(tmp_path), 20, 16, 0, 8, shapes=["circle", "square"])
+    subset = ensure_synthetic_shards(str(tmp_path), SyntheticSet(20, 16, 0, 8, shapes=["circle", "square"]))
     assert "synthetic-r16-n20-s0-k8-circle-square/" in subset
     with pytest.raises(ValueError, match="non-empty subset"):
-        next(synthetic_samples(2, 16, 0, shapes=("hexagon",)))
+        next(synthetic_samples(SyntheticSet(2, 16, 0, shapes=("hexagon",))))
+
+
+def test_other_aspect_ratios_keep_about_the_squares_pixels(tmp_path):
+    metas = [json.loads(s["json"]) for s in synthetic_samples(SyntheticSet(60, 32, 0, aspects=(0.5, 2)))]
+    sizes = {(m["width"], m["height"]) for m in metas}
+    assert sizes == {(23, 45), (45, 23)}  # round(32 / sqrt 2), round(32 sqrt 2): 1035 pixels against 1024
+    urls = ensure_synthetic_shards(str(tmp_path), SyntheticSet(20, 16, 0, 8, aspects=[2, 0.5]))
+    assert "synthetic-r16-n20-s0-k8-a2-0.5/" in urls
+    with pytest.raises(ValueError, match=r"aspects \(width / height\) must lie in \[0.1, 10\]"):
+        SyntheticSet(aspects=(0.0,))
 
 
 def test_brightness_spans_black_to_white_and_captions_say_so(six_shards):
@@ -59,7 +70,7 @@ def test_brightness_spans_black_to_white_and_captions_say_so(six_shards):
 
 
 def test_stored_brightness_is_the_image_mean(tmp_path):
-    urls = make_synthetic_shards(str(tmp_path), 12, 16, 0, 12)
+    urls = make_synthetic_shards(str(tmp_path), SyntheticSet(12, 16, 0, 12))
     for sample in ShardStream(
         parse_sources(urls), batch_size=12, resolution=16, filters=LaionFilter.off(), shuffle_buffer=0
     ):
@@ -69,16 +80,18 @@ def test_stored_brightness_is_the_image_mean(tmp_path):
 
 
 def test_ensure_is_idempotent_and_cheap(tmp_path):
-    first = ensure_synthetic_shards(str(tmp_path), 20, 16, 0, 8)
+    first = ensure_synthetic_shards(str(tmp_path), SyntheticSet(20, 16, 0, 8))
     shard = first.replace("{000000..000002}", "000000")
     stamp = os.path.getmtime(shard)
     start = time.perf_counter()
-    assert ensure_synthetic_shards(str(tmp_path), 20, 16, 0, 8) == first
+    assert ensure_synthetic_shards(str(tmp_path), SyntheticSet(20, 16, 0, 8)) == first
     assert time.perf_counter() - start < 0.05 and os.path.getmtime(shard) == stamp
     assert len(parse_sources(first)[0].urls) == 3 and all(
         os.path.exists(u) for u in parse_sources(first)[0].urls
     )
-    assert ensure_synthetic_shards(str(tmp_path), 20, 16, 1, 8) != first  # other parameters, other folder
+    assert (
+        ensure_synthetic_shards(str(tmp_path), SyntheticSet(20, 16, 1, 8)) != first
+    )  # other parameters, other folder
 
 
 def write_images(folder) -> list[str]:
