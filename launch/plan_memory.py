@@ -54,6 +54,8 @@ def plan(cfg: DictConfig) -> dict:
         latents=cfg.data.get("decode") == "latents",
         ema_on_cpu=bool(cfg.module.get("ema_on_cpu", False)),
     )
+    if (cfg.data.get("buckets") or {}).get("enabled"):
+        result.notes.append("data.buckets: planned at the square, which no bucket exceeds in pixels")
     if cfg.trainer.devices == "auto":
         result.notes.append("trainer.devices=auto: planned for one device per node; set trainer.devices=N")
     fits = result.fits(device_gib * GIB, HEADROOM)
