@@ -42,6 +42,7 @@ def plan(cfg: DictConfig) -> dict:
     world = world_size(cfg.trainer.devices, cfg.trainer.num_nodes, "cpu")  # "auto": 1 per node here
     batches = plan_batches(cfg.global_batch_size, cfg.micro_batch_size, world)
     device_gib = float(cfg.get("device_gib", 80))
+    print("tracing one training step on fake tensors (about a minute for SD 2.1) ...", flush=True)
     result = plan_memory(
         OmegaConf.to_container(cfg.model, resolve=True),
         OmegaConf.to_container(cfg.diffusion, resolve=True),
