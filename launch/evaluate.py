@@ -28,9 +28,9 @@ def evaluate(cfg: DictConfig) -> dict:
     from zsnr.training import load_for_inference
 
     # Cheap checks first (options, captions, metric weights), before the model loads or an image is made.
-    settings = SamplingSettings.from_options(cfg)
-    captions = pick_captions(read_prompts(cfg.captions), cfg.num_images, cfg.caption_seed)
     device = resolve_device(cfg.device)
+    settings = SamplingSettings.from_options(cfg, device)
+    captions = pick_captions(read_prompts(cfg.captions), cfg.num_images, cfg.caption_seed)
     m = cfg.metrics
     extractor = instantiate(m.feature_extractor) if m.feature_extractor is not None else None
     clip = instantiate(m.clip) if m.clip is not None else None

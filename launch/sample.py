@@ -26,10 +26,11 @@ def sample(cfg: DictConfig) -> dict:
         raise ValueError("no prompts: set prompts='[\"a solid black background\"]' or prompts_file=PATH")
     if cfg.images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be >= 1, got {cfg.images_per_prompt}")
-    settings = SamplingSettings.from_options(cfg)
+    device = resolve_device(cfg.device)
+    settings = SamplingSettings.from_options(cfg, device)
     model = load_for_inference(
         cfg.checkpoint,
-        device=resolve_device(cfg.device),
+        device=device,
         use_ema=cfg.use_ema,
         model_overrides=OmegaConf.to_container(cfg.model_overrides),
     )
@@ -37,7 +38,10 @@ def sample(cfg: DictConfig) -> dict:
     n = cfg.images_per_prompt
     all_prompts = [p for p in prompts for _ in range(n)]
     seeds = [cfg.seed + i for i in range(len(all_prompts))]
-    log.info("%d images of %d px from %s (step %d)", len(seeds), model.resolution, cfg.checkpoint, model.step)
+    log.info(
+        "%d images of %d px in %s from %s (step %d)",
+        len(seeds), model.resolution, settings.dtype, cfg.checkpoint, model.step,
+    )  # fmt: skip
     images = to_uint8(generate(model, all_prompts, seeds, settings, cfg.batch_size, init, cfg.strength))
 
     out = Path(cfg.out_dir)

@@ -33,6 +33,7 @@ from zsnr.training.cluster import (
     wait_for_launched_ranks,
 )
 from zsnr.training.loggers import wandb_run_id
+from zsnr.training.parallel import EMA_ON_CPU_UNDER_FSDP
 
 log = logging.getLogger("zsnr.train")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -96,6 +97,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_model_files(model_spec)
     check_no_run_keys(cfg.data)
     ckpt_path = resolve_resume(cfg.resume, run_dir / "checkpoints")  # named and readable, or an error now
+    if cfg.module.get("ema_on_cpu") and "FSDP" in str(cfg.trainer.get("strategy")):
+        raise ValueError(EMA_ON_CPU_UNDER_FSDP)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("%s; precision %s; run directory %s", plan.describe(), precision, run_dir)
     checkpoint = AtomicCheckpoint(

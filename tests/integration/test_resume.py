@@ -3,7 +3,8 @@
 Exact on the CPU: the step's posterior draw, noise, timesteps and caption dropout are a function of (seed,
 rank, micro-step), the data stream resumes at its saved position (zsnr.data), and the accumulation
 (2 micro-batches per step) restarts at a step boundary. Tolerance: bit-for-bit (torch.equal). Both data paths:
-images through the frozen encoders, and the latent cache (posteriors drawn from in the step).
+images through the frozen encoders, and the latent cache (posteriors drawn from in the step); and with the EMA
+updated every 2 steps in host memory (ema_every_n_steps, ema_on_cpu), stopped in the middle of a window.
 """
 
 import pytest
@@ -17,8 +18,15 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("source", ["images", "latent_cache"])
-def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, data_root, source):
+EMA_OPTIONS = ["module.ema_every_n_steps=2", "module.ema_on_cpu=true"]
+
+
+@pytest.mark.parametrize(
+    "source, options",
+    [("images", []), ("latent_cache", []), ("images", EMA_OPTIONS)],
+    ids=["images", "latent_cache", "ema_every_2_on_cpu"],
+)
+def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, data_root, source, options):
     train = launch_module("train").train
     common = []
     if source == "latent_cache":
@@ -32,10 +40,14 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, data_root, so
         "samples.every_n_steps=0",
         "module.ema_decay=0.9",
         "module.lr=1e-3",
+        *options,
     ]
     straight = train(compose("train", [*tiny_run(tmp_path / "a", data_root, steps=2 * N), *common]))
     first = train(compose("train", [*tiny_run(tmp_path / "b", data_root, steps=N), *common]))
     assert first["trainer"].global_step == N
+    if options:  # N = 3 steps, an update every 2: the run stopped with one step not yet in the EMA
+        saved = _state(first["last_checkpoint"])["zsnr"]
+        assert (saved["ema_updates"], saved["ema_steps"], saved["ema_pending"]) == (1, 2, 1)
     resumed = train(
         compose("train", [*tiny_run(tmp_path / "b", data_root, steps=2 * N), *common, "resume=auto"])
     )

@@ -1,6 +1,7 @@
 """launch/sample.py on a tiny checkpoint: files, seeds independent of batching, img2img with rescaled CFG."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_writes_images_grid_settings(ckpt, tmp_path):
     record = json.loads((out / "settings.json").read_text())
     assert record["settings"] == {
         "sampler": "ddim", "num_steps": 5, "spacing": "trailing", "eta": None, "guidance_scale": 7.5,
-        "guidance_rescale": 0.7, "negative_prompt": "",
+        "guidance_rescale": 0.7, "negative_prompt": "", "dtype": "float32",  # dtype auto on a CPU
     }  # fmt: skip
     assert [(e["prompt"], e["seed"]) for e in record["images"]] == [
         (PROMPTS[0], 10), (PROMPTS[0], 11), (PROMPTS[1], 12), (PROMPTS[1], 13),
@@ -112,3 +113,35 @@ def test_stochastic_samplers_give_an_image_independent_of_its_batch(ckpt, sample
         model, prompts, seeds, SamplingSettings(num_steps=4), batch_size=3, progress=False
     )
     assert (together - deterministic).abs().max() > 1e-2  # the sampler's noise does matter
+
+
+# Measured with this test's settings (the shared tiny checkpoint, 4 images, DDIM 10 steps, w 7.5, phi 0.7, CPU
+# autocast), in two runs of different code versions: max |half - float32| bfloat16 0.0306-0.0311, float16
+# 0.0047-0.0052 (rms 0.0061-0.0062 and 0.00075-0.00078; images in [-1, 1]), about 6-8x apart as the unit
+# roundoffs 2^-8 and 2^-11 are. Bound: 2x the largest measured max, the margin for other CPUs' kernels and
+# library versions.
+HALF_PRECISION_MAX_DIFFERENCE = {"bfloat16": 2 * 0.0311, "float16": 2 * 0.0052}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)], ids=["cpu", "cuda"])
+def test_half_precision_images_stay_close_to_float32(ckpt, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = load_for_inference(ckpt, device=device)
+    prompts, seeds = [*PROMPTS, *PROMPTS], [0, 1, 2, 3]
+    start = time.process_time()
+    reference = generate(model, prompts, seeds, SamplingSettings(num_steps=10), progress=False)
+    seconds = time.process_time() - start
+    for dtype, bound in HALF_PRECISION_MAX_DIFFERENCE.items():
+        start = time.process_time()
+        half = generate(model, prompts, seeds, SamplingSettings(num_steps=10, dtype=dtype), progress=False)
+        difference = (half - reference).abs()
+        print(
+            f"{device} {dtype}: max |half - float32| {difference.max():.4f}, rms "
+            f"{difference.square().mean().sqrt():.5f}; CPU seconds {time.process_time() - start:.1f} (float32 "
+            f"{seconds:.1f})"
+        )
+        assert (
+            half.dtype == torch.float32 and difference.max() > 0
+        )  # autocast ran: half precision changed them
+        assert difference.max() < bound, (dtype, difference.max())

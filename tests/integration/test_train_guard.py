@@ -53,7 +53,7 @@ def test_skipped_steps_are_not_steps_and_the_run_still_makes_max_steps_updates()
     assert trainer.global_step == clean_trainer.global_step == 3
     assert taken >= 5  # 3 real steps needed 5 batches (Lightning may prefetch one more)
     assert module.skipped_steps == 2 and module.consecutive_skips == 0
-    assert module.ema_updates == clean.ema_updates == 3
+    assert module.ema_schedule.updates == clean.ema_schedule.updates == 3
     assert _adam_steps(trainer) == _adam_steps(clean_trainer) == {3}
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == 3  # the warmup counts real updates only
@@ -63,7 +63,7 @@ def test_skipped_steps_are_not_steps_and_the_run_still_makes_max_steps_updates()
 def test_a_bad_micro_batch_skips_its_whole_accumulation_window():
     module, trainer, taken, changed, error = _fit([NAN, 0.5], steps=1, accumulate=2)
     assert error is None and changed
-    assert trainer.global_step == 1 and module.skipped_steps == 1 and module.ema_updates == 1
+    assert trainer.global_step == 1 and module.skipped_steps == 1 and module.ema_schedule.updates == 1
     assert taken >= 4  # window 1 (nan, good) skipped, window 2 (good, good) applied
     assert _adam_steps(trainer) == {1}
 
@@ -71,7 +71,7 @@ def test_a_bad_micro_batch_skips_its_whole_accumulation_window():
 def test_nan_loss_stops_after_k_skipped_steps_in_a_row_with_the_weights_untouched():
     module, trainer, _, changed, error = _fit([NAN], steps=10, max_consecutive_skips=3)
     assert error is not None and "3 optimizer steps in a row had a non-finite loss" in str(error)
-    assert not changed and module.skipped_steps == 3 and module.ema_updates == 0
+    assert not changed and module.skipped_steps == 3 and module.ema_schedule.updates == 0
     assert trainer.global_step == 0 and not trainer.optimizers[0].state
 
 

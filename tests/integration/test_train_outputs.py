@@ -12,6 +12,7 @@ from hydra.errors import InstantiationException
 from training_helpers import ROOT, compose, launch_module, tiny_run
 
 from zsnr.data import to_model_range
+from zsnr.models.pipeline import mean_brightness
 from zsnr.models.schedule import Schedule
 from zsnr.training import load_for_inference
 
@@ -19,7 +20,8 @@ from zsnr.training import load_for_inference
 @pytest.fixture(scope="module")
 def flawed_run(tmp_path_factory, data_root):
     run_dir = tmp_path_factory.mktemp("flawed")
-    cfg = compose("train", [*tiny_run(run_dir, data_root, steps=2), "diffusion=sd_flawed"])
+    overrides = [*tiny_run(run_dir, data_root, steps=2), "diffusion=sd_flawed", "samples.dtype=bfloat16"]
+    cfg = compose("train", overrides)
     return launch_module("train").train(cfg), cfg
 
 
@@ -51,6 +53,16 @@ def test_sample_grids_show_the_ema_and_the_online_weights_labelled(flawed_run):
     # after 2 steps the EMA (warmup decay 0.1, then 0.18) is not the online UNet: different images
     ema, online = ([r["brightness"] for r in records[w]["images"]] for w in ("ema", "online"))
     assert ema != online
+    # samples.dtype=bfloat16: the grid ran under bf16 autocast; float32 from the checkpoint's online UNet gives
+    # nearly, not exactly, the same brightness (bf16 moves pixels by < 0.031 on the tiny model: test_sample.py)
+    assert all(r["dtype"] == "bfloat16" for r in records.values())
+    model = load_for_inference(out["run_dir"] / "checkpoints" / "last.ckpt", use_ema=False)
+    grid = records["online"]
+    prompts, seeds = [r["prompt"] for r in grid["images"]], [r["seed"] for r in grid["images"]]
+    exact = mean_brightness(
+        model.generate(prompts, seeds, num_steps=grid["num_steps"], guidance_scale=grid["guidance_scale"])
+    )
+    assert 0 < (exact - torch.tensor(online)).abs().max() < 0.031
 
 
 def test_latent_cache_stores_the_posterior_and_refuses_another_model(tmp_path, data_root):
@@ -128,6 +140,8 @@ def test_a_bad_resume_or_data_key_fails_before_any_model_loads(tmp_path, data_ro
         train(compose("train", [*base, "+data.batch_size=8"]))  # it used to be replaced without a word
     with pytest.raises(ValueError, match="data.resolution is not read: the run's model.resolution sets it"):
         train(compose("train", [*base, "+data.resolution=64"]))
+    with pytest.raises(ValueError, match="ema_on_cpu=true does not combine with trainer=fsdp"):
+        train(compose("train", [*base, "trainer=fsdp", "module.ema_on_cpu=true"]))
     assert not built and not (run_dir / "config.yaml").exists()  # nothing built, the run's config untouched
 
 

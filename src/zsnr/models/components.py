@@ -26,7 +26,13 @@ from zsnr.models.autoencoders import (
     tiny_kl_autoencoder,
 )
 from zsnr.models.files import load_state_dict, require_dir, require_file
-from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, Tokenizer, load_open_clip_text
+from zsnr.models.text import (
+    VIT_H14_TEXT,
+    HFCLIPTextEncoder,
+    OpenCLIPTextEncoder,
+    Tokenizer,
+    load_open_clip_text,
+)
 from zsnr.models.unet import SD21_UNET, SD21_V_UNET, build_unet, configure_unet, tiny_unet_config
 
 # stabilityai/stable-diffusion-2-1(-base) vae/config.json
@@ -147,6 +153,45 @@ def build_components(
     for frozen in (parts.autoencoder, parts.text_encoder):
         frozen.requires_grad_(False).eval()
     return parts
+
+
+def weightless_components(spec: dict[str, Any]) -> tuple[Components, list[str]]:
+    """The parts of a `model=` spec on the meta device, from configs only (no weight file is read), and notes
+    on what was assumed: what a memory plan needs. tiny: built as training builds it; diffusers: the folder's
+    config.json files, or SD 2.1's published layout when the folder is not on this machine; original: SD 2.1's
+    layout (base, or v at 768 px) with the OpenCLIP text tower."""
+    kind, notes = spec.get("kind"), []
+    if kind == "tiny":
+        with torch.device("meta"):
+            return build_components(spec), notes
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from zsnr.models.sd21_folder import SD21_TEXT_ENCODER
+
+    v = spec.get("variant") == "v" or int(spec["resolution"]) >= 768
+    unet_cfg, vae_cfg, text = (SD21_V_UNET if v else SD21_UNET), SD21_VAE, CLIPTextConfig(**SD21_TEXT_ENCODER)
+    path = Path(str(spec.get("path", ""))).expanduser()
+    if kind == "diffusers" and (path / "unet" / "config.json").is_file():
+        unet_cfg = UNet2DConditionModel.load_config(path, subfolder="unet")
+        vae_cfg = AutoencoderKL.load_config(path, subfolder="vae")
+        if spec.get("text_encoder", "transformers") == "transformers":
+            text = CLIPTextConfig.from_pretrained(path, subfolder="text_encoder")
+    elif kind == "diffusers":
+        notes.append(f"model.path {path} is not on this machine: SD 2.1's published layout assumed")
+    with torch.device("meta"):
+        if kind == "original" or spec.get("text_encoder") == "open_clip":
+            text_encoder: nn.Module = OpenCLIPTextEncoder(**VIT_H14_TEXT)
+        else:
+            text_encoder = HFCLIPTextEncoder(CLIPTextModel(text))
+        vae = AutoencoderKL.from_config(vae_cfg)
+        unet = build_unet(unet_cfg, empty=True)
+    parts = Components(unet, KLAutoencoder(vae), text_encoder, Tokenizer(), int(spec["resolution"]), True)
+    configure_unet(unet, spec.get("attention", "sdpa"), spec.get("gradient_checkpointing", False),
+                   spec.get("channels_last", False))  # fmt: skip
+    for frozen in (parts.autoencoder, parts.text_encoder):
+        frozen.requires_grad_(False).eval()
+    return parts, notes
 
 
 def _tiny(spec: dict[str, Any], pretrained_unet: bool, empty_unet: bool) -> Components:

@@ -8,7 +8,7 @@ from zsnr.training.checkpointing import (
     newest_checkpoint,
     resolve_resume,
 )
-from zsnr.training.ema import ema_decay, ema_update_
+from zsnr.training.ema import EMASchedule, ema_decay, ema_update_, window_decay
 from zsnr.training.inference import InferenceModel, load_for_inference
 from zsnr.training.module import DiffusionModule
 from zsnr.training.validation import ValidationLoss, fixed_timesteps
@@ -18,6 +18,7 @@ __all__ = [
     "BatchPlan",
     "DataStatsLogger",
     "DiffusionModule",
+    "EMASchedule",
     "InferenceModel",
     "SampleGrid",
     "StreamingCheckpointIO",
@@ -25,6 +26,7 @@ __all__ = [
     "ValidationLoss",
     "ema_decay",
     "ema_update_",
+    "window_decay",
     "fixed_timesteps",
     "load_for_inference",
     "newest_checkpoint",

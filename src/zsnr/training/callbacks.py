@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from zsnr.data import WebDataModule, summary_line
-from zsnr.models.pipeline import mean_brightness
+from zsnr.models.pipeline import DTYPES, mean_brightness, resolve_dtype
 
 log = logging.getLogger("zsnr.train")
 
@@ -123,7 +123,9 @@ class SampleGrid(pl.Callback):
     the average, what export and evaluation use; "online": the weights being trained, which is what shows
     progress while a slow EMA, e.g. 0.9999 without warmup, is still mostly the starting model), saved as
     labelled PNG grids (step=NNNNNN_ema.png, step=NNNNNN_online.png) with a JSON of each image's mean
-    brightness, and logged: images to wandb, brightness as samples/<weights>/brightness/... to every logger."""
+    brightness, and logged: images to wandb, brightness as samples/<weights>/brightness/... to every logger.
+    `dtype` is the networks' compute dtype (zsnr.models.pipeline: "auto" is bfloat16 on CUDA, float32 on a CPU);
+    the EMA itself stays float32."""
 
     def __init__(
         self,
@@ -135,6 +137,7 @@ class SampleGrid(pl.Callback):
         guidance_scale: float = 7.5,
         guidance_rescale: float | None = None,
         weights: Sequence[str] = ("ema", "online"),
+        dtype: str = "auto",
     ) -> None:
         unknown = set(weights) - {"ema", "online"}
         if unknown or not weights:
@@ -145,6 +148,8 @@ class SampleGrid(pl.Callback):
         self.pairs = [(p, int(s)) for p in prompts for s in seeds]
         self.every_n_steps = every_n_steps
         self.weights = list(weights)
+        resolve_dtype(dtype, "cpu")  # a bad name fails here, before training starts
+        self.dtype = dtype
         self.kwargs = {
             "num_steps": num_steps,
             "guidance_scale": guidance_scale,
@@ -166,16 +171,25 @@ class SampleGrid(pl.Callback):
         of each image, per weights."""
         step, self._done = trainer.global_step, trainer.global_step
         prompts, seeds = [p for p, _ in self.pairs], [s for _, s in self.pairs]
+        dtype = resolve_dtype(self.dtype, pl_module.device)
         out = {}
         for weights in self.weights:
-            images = pl_module.sample_images(prompts, seeds, use_ema=weights == "ema", **self.kwargs).cpu()
+            images = pl_module.sample_images(
+                prompts, seeds, use_ema=weights == "ema", dtype=DTYPES[dtype], **self.kwargs
+            ).cpu()
             out[weights] = mean_brightness(images).tolist()
             if trainer.is_global_zero:
-                self._write(trainer, step, weights, images, out[weights])
+                self._write(trainer, step, weights, dtype, images, out[weights])
         return out
 
     def _write(
-        self, trainer: pl.Trainer, step: int, weights: str, images: torch.Tensor, brightness: list[float]
+        self,
+        trainer: pl.Trainer,
+        step: int,
+        weights: str,
+        dtype: str,
+        images: torch.Tensor,
+        brightness: list[float],
     ) -> None:
         from torchvision.utils import save_image
 
@@ -187,7 +201,7 @@ class SampleGrid(pl.Callback):
             {"prompt": p, "seed": s, "brightness": b}
             for (p, s), b in zip(self.pairs, brightness, strict=True)
         ]
-        record = {"step": step, "weights": weights, **self.kwargs, "images": rows}
+        record = {"step": step, "weights": weights, **self.kwargs, "dtype": dtype, "images": rows}
         Path(f"{stem}.json").write_text(json.dumps(record, indent=1))
         log_metrics(
             trainer,

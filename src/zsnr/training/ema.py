@@ -6,13 +6,25 @@ Updated parameter by parameter on each process's *local* tensors, so it works un
 parameters (DTensors: each rank updates its own shard) as well as on plain and DDP-replicated ones. Lightning's
 EMAWeightAveraging is not used: it copies the whole LightningModule, refuses sharded models, and swaps the
 averaged weights into the model at the end of training, which would make a resumed run differ from a straight one.
+
+Two options trade accuracy of timing for cost (DiffusionModule's ema_every_n_steps and ema_on_cpu):
+- every N optimizer steps, with the decay of the N steps in one (`window_decay`): a step change of the weights
+  then reaches the EMA by the same fraction after the same number of steps, so the averaging horizon,
+  1 / (1 - decay) steps, is unchanged; what changes is that the N - 1 steps in between are represented by the
+  window's last weights (the average is up to N - 1 steps fresher than the every-step one).
+- an EMA in host memory while the UNet is on an accelerator: the weights are copied to the host in chunks
+  (`HOST_CHUNK_BYTES` of pinned staging memory at a time) and averaged there, on the CPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+HOST_CHUNK_BYTES = 256 * 2**20  # device-to-host staging per chunk: bounds the extra pinned host memory
 
 
 def ema_decay(step: int, decay: float, warmup: bool = False) -> float:
@@ -26,13 +38,57 @@ def ema_decay(step: int, decay: float, warmup: bool = False) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def window_decay(first_step: int, steps: int, decay: float, warmup: bool = False) -> float:
+    """The decay of `steps` consecutive optimizer steps from `first_step` on, folded into one update: the
+    product of their per-step decays (decay ** steps without warmup)."""
+    out = 1.0
+    for step in range(first_step, first_step + steps):
+        out *= ema_decay(step, decay, warmup)
+    return out
+
+
+@dataclass
+class EMASchedule:
+    """When the EMA takes in the weights, and with which decay. Part of DiffusionModule's step accounting:
+    `step()` after every optimizer step that was taken returns the decay to apply now, or None in between."""
+
+    decay: float
+    warmup: bool = False
+    every_n_steps: int = 1
+    updates: int = 0  # EMA updates so far
+    steps: int = 0  # optimizer steps the EMA has taken in (the warmup's step count)
+    pending: int = 0  # optimizer steps since the last update
+
+    def __post_init__(self) -> None:
+        ema_decay(0, self.decay)  # checks the range
+        if int(self.every_n_steps) != self.every_n_steps or self.every_n_steps < 1:
+            raise ValueError(f"module.ema_every_n_steps must be an integer >= 1, got {self.every_n_steps}")
+
+    def step(self) -> float | None:
+        self.pending += 1
+        if self.pending < self.every_n_steps:
+            return None
+        decay = window_decay(self.steps, self.pending, self.decay, self.warmup)
+        self.updates, self.steps, self.pending = self.updates + 1, self.steps + self.pending, 0
+        return decay
+
+    def state_dict(self) -> dict[str, int]:
+        return {"ema_updates": self.updates, "ema_steps": self.steps, "ema_pending": self.pending}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.updates = int(saved.get("ema_updates", 0))
+        self.steps = int(saved.get("ema_steps", self.updates))  # checkpoints before every_n_steps: equal
+        self.pending = int(saved.get("ema_pending", 0))
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t  # DTensor -> this rank's shard
 
 
 @torch.no_grad()
 def ema_update_(ema_params: Iterable[torch.Tensor], params: Iterable[torch.Tensor], decay: float) -> None:
-    """In place on `ema_params`; both iterables must list the same tensors in the same order and layout."""
+    """In place on `ema_params`; both iterables must list the same tensors in the same order and layout. The
+    EMA may live on another device than the parameters (the host: see the module docstring)."""
     ema = [_local(e) for e in ema_params]
     src = [_local(p).detach() for p in params]
     if len(ema) != len(src):
@@ -42,6 +98,19 @@ def ema_update_(ema_params: Iterable[torch.Tensor], params: Iterable[torch.Tenso
             raise ValueError(
                 f"EMA tensor of shape {tuple(e.shape)} paired with a model tensor {tuple(s.shape)}"
             )
-    src = [s if s.dtype == e.dtype else s.to(e.dtype) for e, s in zip(ema, src, strict=True)]
-    if ema:
+    if not ema:
+        return
+    if ema[0].device == src[0].device:
+        src = [s if s.dtype == e.dtype else s.to(e.dtype) for e, s in zip(ema, src, strict=True)]
         torch._foreach_lerp_(ema, src, 1.0 - decay)
+        return
+    start, size = 0, 0
+    for i, s in enumerate(src):  # chunks of about HOST_CHUNK_BYTES: copy (asynchronously), wait, average
+        size += s.numel() * s.element_size()
+        if size >= HOST_CHUNK_BYTES or i == len(src) - 1:
+            staged = [t.to(ema[0].device, non_blocking=True) for t in src[start : i + 1]]
+            if src[0].device.type == "cuda":
+                torch.cuda.current_stream(src[0].device).synchronize()
+            staged = [t.to(e.dtype) for e, t in zip(ema[start : i + 1], staged, strict=True)]
+            torch._foreach_lerp_(ema[start : i + 1], staged, 1.0 - decay)
+            start, size = i + 1, 0

@@ -4,7 +4,8 @@ Only the UNet trains. The autoencoder and text encoder are frozen, in eval mode,
 *outside* the module tree (a plain dict): they are never wrapped by DDP, sharded by FSDP, or written to
 checkpoints (unless they were built randomly, as in model=tiny, so a checkpoint can still be sampled).
 An EMA copy of the UNet (`ema_unet`, float32, no grad) *is* part of the tree, so every strategy saves, shards
-and restores it with the model.
+and restores it with the model; with `ema_on_cpu` it stays outside the tree in host memory (never moved to the
+accelerator, never wrapped) and on_save_checkpoint / on_load_checkpoint keep it under the same keys.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from zsnr.data import to_model_range
 from zsnr.diffusion import add_noise, loss_weights, snr, v_target
-from zsnr.models import build_components
+from zsnr.models import Components, build_components
 from zsnr.models.autoencoders import sample_posterior
 from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
 from zsnr.models.unet import input_memory_format
 from zsnr.training.checkpointing import restore_rng_states, rng_states
-from zsnr.training.ema import ema_decay, ema_update_
+from zsnr.training.ema import EMASchedule, ema_update_
 from zsnr.training.init_weights import apply_init_weights, load_init_weights
-from zsnr.training.parallel import parallelize_unet
+from zsnr.training.parallel import EMA_ON_CPU_UNDER_FSDP, parallelize_unet
 from zsnr.training.steps import grad_norm, uncount_optimizer_step
 
 
@@ -45,19 +46,25 @@ class DiffusionModule(pl.LightningModule):
         adam_eps: float = 1e-8,
         ema_decay: float = 0.9999,
         ema_warmup: bool = False,
+        ema_every_n_steps: int = 1,
+        ema_on_cpu: bool = False,
         caption_dropout: float = 0.1,
         seed: int = 0,
         compile: bool = False,
         init_from: str | None = None,
         init_weights: str = "ema",
         max_consecutive_skips: int = 10,
+        components: Components | None = None,
     ) -> None:
+        """`components`: model parts already built for `model` (the memory planner's weightless ones); None
+        builds them from the spec."""
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if lr_schedule == "cosine" and not total_steps:
             raise ValueError("lr_schedule='cosine' needs total_steps (the step at which the lr reaches 0)")
-        self.save_hyperparameters()
+        ema_schedule = EMASchedule(ema_decay, ema_warmup, ema_every_n_steps)  # checks them before any model
+        self.save_hyperparameters(ignore=["components"])
         self.schedule = Schedule(**diffusion)
         s = self.schedule
         if (
@@ -72,14 +79,18 @@ class DiffusionModule(pl.LightningModule):
             )
         # init_from: checked and read before the model is built (the UNet then skips its pretrained weights)
         init = load_init_weights(init_from, init_weights) if init_from else None
-        parts = build_components(model, pretrained_unet=init is None)
+        parts = components or build_components(model, pretrained_unet=init is None)
         frozen = {"autoencoder": parts.autoencoder, "text_encoder": parts.text_encoder}
         if init is not None:  # random frozen parts (model=tiny) come with the UNet they were trained with
             apply_init_weights(
                 init, parts.unet, {} if parts.frozen_from_files else frozen, str(model.get("kind"))
             )
         self.unet = parts.unet
-        self.ema_unet = copy.deepcopy(self.unet).float().requires_grad_(False).eval()
+        ema = copy.deepcopy(self.unet).float().requires_grad_(False).eval()
+        if ema_on_cpu:  # a plain attribute, outside the module tree: Lightning never moves or wraps it
+            object.__setattr__(self, "ema_unet", ema)
+        else:
+            self.ema_unet = ema
         self.tokenizer = parts.tokenizer
         self.resolution = parts.resolution
         self.frozen_from_files = parts.frozen_from_files
@@ -88,7 +99,7 @@ class DiffusionModule(pl.LightningModule):
         self._empty_text: torch.Tensor | None = None
         # Step accounting has this one owner (callbacks read it, checkpoints keep it):
         self.micro_step = 0  # training_step calls so far: seeds this step's noise, timesteps and dropout
-        self.ema_updates = 0  # EMA updates so far (the warmup's step count)
+        self.ema_schedule = ema_schedule  # EMA updates and the optimizer steps they took in
         self.skipped_steps = 0  # optimizer steps not taken for a non-finite loss or gradient
         self.consecutive_skips = 0
         self.stepped = False  # did the weights change in this batch (an optimizer step was applied)?
@@ -215,6 +226,9 @@ class DiffusionModule(pl.LightningModule):
         unet = self.ema_unet if use_ema else self.unet
         was_training = unet.training
         unet.eval()
+        visiting = next(unet.parameters()).device != self.device
+        if visiting:  # an EMA kept on the CPU (ema_on_cpu) comes to the accelerator for the grid only
+            unet.to(self.device)
         try:
             return text_to_image(
                 unet, self.autoencoder, self.text_encoder, self.tokenizer, self.schedule, prompts, seeds,
@@ -222,6 +236,8 @@ class DiffusionModule(pl.LightningModule):
             )  # fmt: skip
         finally:
             unet.train(was_training)
+            if visiting:
+                unet.to("cpu")
 
     # -- randomness, EMA, optimiser -------------------------------------------------------------------------
     def _step_generator(self) -> torch.Generator:
@@ -267,11 +283,10 @@ class DiffusionModule(pl.LightningModule):
             uncount_optimizer_step(self.trainer)
             return
         self.consecutive_skips = 0
-        # right after the weights changed, before any callback (checkpoints) sees this step
-        decay = ema_decay(self.ema_updates, self.hparams.ema_decay, self.hparams.ema_warmup)
-        ema_update_(self.ema_unet.parameters(), self.unet.parameters(), decay)
-        self.ema_updates += 1
         self.stepped = True
+        decay = self.ema_schedule.step()  # every ema_every_n_steps real steps, with their decay in one
+        if decay is not None:  # right after the weights changed, before any callback (checkpoints) sees it
+            ema_update_(self.ema_unet.parameters(), self.unet.parameters(), decay)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         if not self._skip_step:  # the warmup / cosine position counts real updates only
@@ -280,6 +295,8 @@ class DiffusionModule(pl.LightningModule):
     def configure_model(self) -> None:
         """Lightning calls this once the processes exist: compile / shard the UNet, and its EMA the same way."""
         mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None  # FSDP2 only
+        if mesh is not None and self.hparams.ema_on_cpu:
+            raise ValueError(EMA_ON_CPU_UNDER_FSDP)
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
         parallelize_unet(self.unet, mesh, precision, compile=self.hparams.compile)
         parallelize_unet(self.ema_unet, mesh)  # float32 compute; shards line up with the UNet's (ema_update_)
@@ -315,11 +332,15 @@ class DiffusionModule(pl.LightningModule):
         checkpoint["zsnr"] = {
             "betas": self.schedule.make_betas(),
             "micro_step": self.micro_step,
-            "ema_updates": self.ema_updates,
+            **self.ema_schedule.state_dict(),
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self.consecutive_skips,
             "rng": rng_states(),
         }
+        if "ema_unet" not in self._modules:  # ema_on_cpu: outside the tree, saved under the usual keys
+            checkpoint["state_dict"].update(
+                {f"ema_unet.{k}": v for k, v in self.ema_unet.state_dict().items()}
+            )
         if not self.frozen_from_files:  # random frozen parts (model=tiny): keep them with the weights
             checkpoint["frozen"] = {name: part.state_dict() for name, part in self._frozen.items()}
 
@@ -331,7 +352,11 @@ class DiffusionModule(pl.LightningModule):
                 f"({self.schedule}). Resume with the run's own diffusion=... settings."
             )
         self.micro_step = int(saved.get("micro_step", 0))
-        self.ema_updates = int(saved.get("ema_updates", 0))
+        self.ema_schedule.load_state_dict(saved)
+        if "ema_unet" not in self._modules:  # ema_on_cpu: take the EMA out before Lightning loads the tree
+            state = checkpoint["state_dict"]
+            ema = {k[len("ema_unet.") :]: state.pop(k) for k in list(state) if k.startswith("ema_unet.")}
+            self.ema_unet.load_state_dict(ema)
         self.skipped_steps = int(saved.get("skipped_steps", 0))
         self.consecutive_skips = int(saved.get("consecutive_skips", 0))
         if "rng" in saved:

@@ -28,6 +28,10 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16}  # Lightning precision -> FSDP2 compute dtype; others: float32
+EMA_ON_CPU_UNDER_FSDP = (
+    "module.ema_on_cpu=true does not combine with trainer=fsdp: there the EMA is sharded like the UNet (1 / world "
+    "size of it per device) and updated shard by shard; set module.ema_on_cpu=false"
+)
 
 
 def unet_blocks(unet: nn.Module) -> list[nn.Module]:

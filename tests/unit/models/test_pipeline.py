@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from zsnr.models import IdentityAutoencoder, Tokenizer
-from zsnr.models.pipeline import mean_brightness, text_to_image
+from zsnr.models.pipeline import mean_brightness, prompt_states, resolve_dtype, text_to_image
 from zsnr.models.schedule import Schedule
 
 
@@ -67,3 +67,22 @@ def test_seeds_fix_the_noise():
     a = text_to_image(net, *parts, ["x", "y"], [3, 4], **kw)
     b = text_to_image(net, *parts, ["x", "y"], [3, 5], **kw)
     assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
+
+
+def test_dtype_auto_is_bfloat16_on_cuda_only_and_bad_names_are_refused():
+    assert resolve_dtype("auto", "cuda") == "bfloat16" and resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("float16", "cpu") == "float16"
+    with pytest.raises(ValueError, match="dtype must be auto or one of.*'half'"):
+        resolve_dtype("half", "cpu")
+
+
+def test_the_negative_prompt_is_encoded_once_per_batch():
+    calls = []
+
+    class CountingText(ZeroText):
+        def forward(self, ids):
+            calls.append(ids.shape[0])
+            return super().forward(ids)
+
+    pos, neg = prompt_states(CountingText(), Tokenizer(), ["a", "b", "c"], "", "cpu")
+    assert calls == [3, 1] and pos.shape == neg.shape == (3, 77, 4)

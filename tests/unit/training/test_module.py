@@ -140,3 +140,13 @@ def test_min_snr_with_zero_terminal_snr_warns_and_names_the_variant():
         warnings.simplefilter("error", UserWarning)  # the variant, and min_snr on SD's schedule: no warning
         DiffusionModule(TINY_SPEC, {**ZERO_SNR, "loss_weighting": "min_snr_plus_one"})
         DiffusionModule(TINY_SPEC, {**FLAWED, "loss_weighting": "min_snr"})
+
+
+def test_an_ema_on_the_cpu_stays_out_of_the_module_tree():
+    """ema_on_cpu: neither in the state dict (DDP and Lightning see the tree only) nor moved with the module."""
+    module = DiffusionModule(TINY_SPEC, ZERO_SNR, ema_on_cpu=True)
+    assert not any(k.startswith("ema_unet") for k in module.state_dict())
+    assert {n for n, _ in module.named_children()} == {"unet"}
+    module.to("meta")  # what Lightning does with the tree when it moves it to an accelerator
+    assert next(module.unet.parameters()).is_meta
+    assert all(p.device.type == "cpu" for p in module.ema_unet.parameters())
