@@ -1,11 +1,13 @@
-"""FID and Inception Score through torchmetrics, on features from an injectable extractor.
+"""FID, KID and Inception Score through torchmetrics, on features from an injectable extractor.
 
 An extractor is any nn.Module mapping uint8 images [N, 3, H, W] to features [N, D], or to a pair
 (features [N, D], logits [N, K]) when it also serves the Inception Score. Real runs use `InceptionV3Features`
 (torch-fidelity's port of the TF Inception network that FID and IS are defined with) with weights from a
-local file; tests pass tiny extractors built in the test. Features are extracted once per image here, and
-torchmetrics' `FrechetInceptionDistance` / `InceptionScore` get them through an identity `feature` module,
-so the metric maths is torchmetrics'. Reference statistics (torchmetrics' real-feature sums) are computed
+local file; the synthetic data's metrics use `zsnr.evaluation.classifier.SyntheticClassifier` (a small
+CNN's penultimate layer, as MNIST FIDs use a LeNet's); tests pass tiny extractors built in the test. Features
+are extracted once per image here, and torchmetrics' `FrechetInceptionDistance` /
+`KernelInceptionDistance` / `InceptionScore` get them through an identity `feature` module, so the metric
+maths is torchmetrics'. Reference statistics (torchmetrics' real-feature sums) are computed
 once and cached on disk, keyed by the reference files, the resolution and the extractor's weights.
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,11 +107,7 @@ def frechet_distance(reference: ReferenceStats, features: torch.Tensor) -> float
     """FID between the reference statistics and generated features [N, D] (torchmetrics' computation)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    dim = reference.features_sum.numel()
-    if features.shape[-1] != dim:
-        raise ValueError(
-            f"generated features have {features.shape[-1]} dims, the reference {dim}: same extractor?"
-        )
+    dim = _same_dims(reference.features_sum.numel(), features)
     metric = FrechetInceptionDistance(feature=_Features(dim), reset_real_features=False)
     metric.real_features_sum = reference.features_sum.clone()
     metric.real_features_cov_sum = reference.features_cov_sum.clone()
@@ -116,20 +116,77 @@ def frechet_distance(reference: ReferenceStats, features: torch.Tensor) -> float
     return float(metric.compute())
 
 
+def _same_dims(reference_dim: int, features: torch.Tensor) -> int:
+    if features.shape[-1] != reference_dim:
+        raise ValueError(
+            f"generated features have {features.shape[-1]} dims, the reference {reference_dim}: "
+            "same extractor?"
+        )
+    return reference_dim
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """torchmetrics draws subsets / splits from torch's global generator: seed it here, restore it after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def _quiet_feature_buffer() -> Iterator[None]:
+    """KID and IS keep every feature in memory, which is what they are given here anyway."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        yield
+
+
+def fid_from_features(reference_features: torch.Tensor, features: torch.Tensor) -> float:
+    """FID between two feature sets [N, D] (the one path for Inception and the synthetic classifier alike)."""
+    no_brightness = torch.empty(0, dtype=torch.float64)  # FID does not use the per-image brightness
+    return frechet_distance(ReferenceStats.from_features(reference_features, no_brightness), features)
+
+
+def kernel_inception_distance(
+    reference_features: torch.Tensor,
+    features: torch.Tensor,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """(mean, std) of KID over `subsets` random draws of `subset_size` features from each set (torchmetrics'
+    KernelInceptionDistance): the unbiased estimate of MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3
+    (Binkowski et al. 2018, "Demystifying MMD GANs", arXiv 1801.01401). Unlike FID it has no bias that
+    depends on the number of images, so small sets compare fairly. The draws are seeded: reproducible."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    dim = _same_dims(reference_features.shape[-1], features)
+    smaller = min(len(reference_features), len(features))
+    if subset_size > smaller:
+        raise ValueError(
+            f"KID subset_size {subset_size} is larger than the smaller set ({len(reference_features)} "
+            f"reference, {len(features)} generated features): pass subset_size <= {smaller} or use more "
+            "images"
+        )
+    with _quiet_feature_buffer():
+        metric = KernelInceptionDistance(feature=_Features(dim), subsets=subsets, subset_size=subset_size)
+    metric.update(reference_features.double(), real=True)
+    metric.update(features.double(), real=False)
+    with _seeded(seed):
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """(mean, std) of exp(E_x KL(p(y|x) || p(y))) over `splits` splits (torchmetrics' InceptionScore).
     torchmetrics shuffles before splitting; the shuffle is seeded so the number is reproducible."""
-    import warnings
-
     from torchmetrics.image.inception import InceptionScore
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+    with _quiet_feature_buffer():
         metric = InceptionScore(feature=nn.Identity(), splits=splits)
     metric.update(logits.double())
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+    with _seeded(seed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*degrees of freedom.*")  # std of a single split
-        torch.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), float(std) if splits > 1 else 0.0
 

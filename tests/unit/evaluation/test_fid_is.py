@@ -1,4 +1,4 @@
-"""FID and IS through torchmetrics against closed forms; the reference cache; the Inception weights check."""
+"""FID, KID and IS through torchmetrics against closed forms; the reference cache; the Inception weights."""
 
 import numpy as np
 import pytest
@@ -10,9 +10,11 @@ from zsnr.evaluation.fid import (
     InceptionV3Features,
     ReferenceStats,
     extract,
+    fid_from_features,
     fingerprint,
     frechet_distance,
     inception_score,
+    kernel_inception_distance,
     reference_statistics,
 )
 from zsnr.evaluation.images import save_png
@@ -63,6 +65,43 @@ def test_fid_of_two_known_gaussians():
     assert frechet_distance(ref, y) == pytest.approx(8.0, abs=0.1)
     with pytest.raises(ValueError, match="dims"):
         frechet_distance(ref, y[:, :3])
+
+
+def test_fid_from_features_is_frechet_distance_of_the_reference_moments():
+    x = gaussian_images(300, 120.0, 9.0, seed=0).double().flatten(1)
+    y = gaussian_images(200, 100.0, 6.0, seed=1).double().flatten(1)
+    assert fid_from_features(x, y) == pytest.approx(closed_form_fid(x.numpy(), y.numpy()), rel=1e-6)
+
+
+def closed_form_kid(x, y):
+    """Unbiased MMD^2, k(a, b) = (a.b / d + 1)^3, over whole sets of equal size m (Binkowski et al. 2018)."""
+    m, d = x.shape
+    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    off_diagonal = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(off_diagonal - 2 * kxy.mean())
+
+
+def test_kid_equals_closed_form_on_whole_sets():
+    # subset_size = the set size: every subset is the whole set (permuted), so each draw gives the closed form
+    x = gaussian_images(120, 120.0, 9.0, seed=0).double().flatten(1) / 255
+    y = gaussian_images(120, 110.0, 6.0, seed=1).double().flatten(1) / 255
+    expected = closed_form_kid(x.numpy(), y.numpy())
+    assert expected > 1e-3  # the two sets really differ
+    mean, std = kernel_inception_distance(x, y, subsets=3, subset_size=120)
+    assert mean == pytest.approx(expected, rel=1e-9) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kid_subsets_are_seeded_and_checked():
+    x = gaussian_images(200, 120.0, 9.0, seed=0).double().flatten(1) / 255
+    y = gaussian_images(150, 110.0, 6.0, seed=1).double().flatten(1) / 255
+    first = kernel_inception_distance(x, y, subsets=10, subset_size=50, seed=3)
+    assert first == kernel_inception_distance(x, y, subsets=10, subset_size=50, seed=3)
+    assert first != kernel_inception_distance(x, y, subsets=10, subset_size=50, seed=4)
+    assert first[1] > 0  # subsets of 50 differ from one another
+    with pytest.raises(ValueError, match="subset_size 151 is larger than the smaller set"):
+        kernel_inception_distance(x, y, subset_size=151)
+    with pytest.raises(ValueError, match="dims"):
+        kernel_inception_distance(x, y[:, :3], subset_size=10)
 
 
 class OneHotClassifier(nn.Module):
