@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE := offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-all lint demo bench report clean
+.PHONY: setup test test-all lint demo paper bench report clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 # The paper in miniature (CPU, minutes): outputs/demo/report.md. Extra settings: make demo ARGS="seeds=[0]".
 demo: setup
 	$(PY) launch/demo.py $(ARGS)
+
+# Every claim of the paper in miniature (CPU, < 60 min; reuses the demo's runs): outputs/paper/report.md.
+paper: setup
+	$(PY) launch/paper.py $(ARGS)
 
 # The CI suite: everything but the tests marked slow (see pyproject's markers).
 test: setup

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -47,7 +48,10 @@ def training_config(run_dir: Path) -> DictConfig:
     return cfg
 
 
-def demo(cfg: DictConfig) -> Path:
+def demo(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or reuse), sample, measure and report; returns what launch/paper.py builds on: the report's path,
+    metrics, checks, the checkpoints ("base" and "<variant>_seed<seed>"), the data's and every model's image
+    sets, the overrides every run shared and the base's training config."""
     start = time.time()
     out = Path(cfg.out_dir)
     prompt_sets = {k: list(v) for k, v in cfg.prompt_sets.items()}
@@ -115,7 +119,8 @@ def demo(cfg: DictConfig) -> Path:
     for c in checks_:
         if not c.ok:
             print(f"  does not hold: {c.claim} (seed {c.seed}): {c.value:.3f}, needs {c.bound}")
-    return report
+    return dict(report=report, metrics=metrics, checks=checks_, checkpoints=models, data=data, samples=samples,
+                common=common, train_cfg=train_cfg, brightness=brightness)  # fmt: skip
 
 
 @hydra.main(config_path=CONFIGS, config_name="demo", version_base="1.3")

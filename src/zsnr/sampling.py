@@ -42,6 +42,7 @@ class SamplingSettings:
     guidance_rescale: float = 0.7  # phi (Algorithm 2); 0 is plain CFG
     negative_prompt: str = ""
     dtype: str = "float32"  # the networks' compute dtype: float32, or bfloat16 / float16 autocast
+    start_timestep: int | None = None  # cap on the first timestep (select_timesteps' start); None: the spacing's
 
     def __post_init__(self) -> None:
         """Fail on a bad option before any model loads."""
@@ -112,7 +113,7 @@ def image_to_image(
             guided_denoiser(unet, pos, neg, settings.guidance_scale, settings.guidance_rescale),
             x0,
             schedule.alphas_cumprod().to(device),
-            schedule.timesteps(settings.num_steps),
+            schedule.timesteps(settings.num_steps, settings.start_timestep),
             strength,
             noise=noise,
             generator=generators,
@@ -164,6 +165,7 @@ def generate(
                 model.resolution, num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
                 guidance_rescale=settings.guidance_rescale, negative_prompt=settings.negative_prompt,
                 sampler=settings.sampler, eta=settings.eta, progress=progress, dtype=settings.torch_dtype,
+                start_timestep=settings.start_timestep,
             )  # fmt: skip
         else:
             init = init_image.unsqueeze(0).expand(len(p), -1, -1, -1)

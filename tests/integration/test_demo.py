@@ -7,7 +7,6 @@ are far from noise. The full run asserts every threshold of the report's checks 
 Each bound has the value measured when it was set beside it.
 """
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_runs import ROOT, SHORT, run_demo
 from PIL import Image
 
 from zsnr.evaluation.noise import median_residual
 
-ROOT = Path(__file__).resolve().parents[2]
 SETS = {"unconditional", "dark", "mid", "bright", "red", "blue", "green"}
 
 
@@ -27,19 +26,9 @@ def _pngs(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
 
 
-def _run_demo(out: Path, *overrides: str, timeout: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "launch" / "demo.py"), f"out_dir={out}", *overrides]
-    subprocess.run(cmd, check=True, cwd=ROOT, timeout=timeout)
-    return json.loads((out / "metrics.json").read_text())
-
-
 @pytest.mark.demo
-def test_shortened_demo_end_to_end(tmp_path):
-    out = tmp_path / "demo"
-    metrics = _run_demo(
-        out, "base.steps=300", "finetune_steps=100", "seeds=[0]", "sampling.unconditional_images=16",
-        "sampling.images_per_prompt=8", "sampling.num_steps=10", timeout=1200,
-    )  # fmt: skip
+def test_shortened_demo_end_to_end(short_demo):
+    out, metrics = short_demo
     assert set(metrics) == {"data", "base", "flawed", "fixed", "checks"}
     assert set(metrics["data"]) == SETS
     # the data's prompt sets are what their captions say: solid black, gray, solid white backgrounds
@@ -67,9 +56,7 @@ def test_shortened_demo_end_to_end(tmp_path):
         assert (out / png).stat().st_size > 1000
     # a second run reuses every training run (nothing is trained again) and rewrites the report
     done = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "demo.py"), f"out_dir={out}", "base.steps=300",
-         "finetune_steps=100", "seeds=[0]", "sampling.unconditional_images=16", "sampling.images_per_prompt=8",
-         "sampling.num_steps=10"],
+        [sys.executable, str(ROOT / "launch" / "demo.py"), f"out_dir={out}", *SHORT],
         check=True, cwd=ROOT, timeout=600, capture_output=True, text=True,
     )  # fmt: skip
     assert done.stdout.count("reusing") == 3 and "$ " not in done.stdout
@@ -77,6 +64,6 @@ def test_shortened_demo_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_full_demo_meets_every_check(tmp_path):
-    metrics = _run_demo(tmp_path / "demo", timeout=3600)
+    metrics = run_demo(tmp_path / "demo", timeout=3600)
     failed = [c for c in metrics["checks"] if not c["ok"]]
     assert not failed, failed

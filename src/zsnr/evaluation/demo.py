@@ -20,9 +20,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -202,6 +203,18 @@ def save_samples(images: Mapping[str, torch.Tensor], folder: Path) -> None:
             save_png(image, folder / name / f"{i:04d}.png")
 
 
+def model_settings(model, sampling: Mapping) -> SamplingSettings:
+    """A model's sampling settings: sampler, num_steps and guidance_scale from `sampling`; the spacing and phi
+    the model was trained for unless `sampling` names them (spacing, guidance_rescale); start_timestep if set."""
+    phi = sampling.get("guidance_rescale")
+    return SamplingSettings(
+        sampler=sampling["sampler"], num_steps=sampling["num_steps"],
+        spacing=sampling.get("spacing") or model.schedule.spacing, guidance_scale=sampling["guidance_scale"],
+        guidance_rescale=model.schedule.guidance_rescale if phi is None else phi,
+        start_timestep=sampling.get("start_timestep"),
+    )  # fmt: skip
+
+
 def sample_model(
     ckpt: Path,
     sampling: Mapping,
@@ -217,10 +230,7 @@ def sample_model(
     if threads:
         torch.set_num_threads(threads)
     model = load_for_inference(ckpt)
-    settings = SamplingSettings(
-        sampler=sampling["sampler"], num_steps=sampling["num_steps"], spacing=model.schedule.spacing,
-        guidance_scale=sampling["guidance_scale"], guidance_rescale=model.schedule.guidance_rescale,
-    )  # fmt: skip
+    settings = model_settings(model, sampling)
     print(f"sampling {ckpt}: {settings}", flush=True)
     n, k, b = sampling["unconditional_images"], sampling["images_per_prompt"], sampling["batch_size"]
     sets = sample_sets(model, settings, prompt_sets, n, k, b)
@@ -231,12 +241,12 @@ def sample_model(
 
 
 def sample_models(
-    jobs: Mapping[str, Mapping], parallel: int = 1, cores: int | None = None
-) -> dict[str, dict]:
-    """sample_model(**kwargs) for every named job, `parallel` at a time in worker processes (one thread each
-    when parallel); {name: its image sets}."""
+    jobs: Mapping[str, Mapping], parallel: int = 1, cores: int | None = None, fn: Callable = sample_model
+) -> dict[str, Any]:
+    """fn(**kwargs) (sample_model, or any function of plain values with a `threads` argument) for every named
+    job, `parallel` at a time in worker processes (cores // parallel threads each); {name: its result}."""
     if parallel <= 1 or len(jobs) == 1:
-        return {name: sample_model(**kwargs) for name, kwargs in jobs.items()}
+        return {name: fn(**kwargs) for name, kwargs in jobs.items()}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -245,7 +255,5 @@ def sample_models(
     # own thread count first thing, as DataLoader workers do
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
-        futures = {
-            name: pool.submit(sample_model, **kwargs, threads=threads) for name, kwargs in jobs.items()
-        }
+        futures = {name: pool.submit(fn, **kwargs, threads=threads) for name, kwargs in jobs.items()}
         return {name: f.result() for name, f in futures.items()}

@@ -116,6 +116,7 @@ def text_to_image(
     eta: float | None = None,
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
+    start_timestep: int | None = None,
 ) -> torch.Tensor:
     """One image per (prompt, seed) pair; returns images in [-1, 1] (float32, [N, 3, H, W]).
 
@@ -135,7 +136,7 @@ def text_to_image(
             guided_denoiser(unet, pos, neg, guidance_scale, phi),
             x_T,
             schedule.alphas_cumprod().to(device),
-            schedule.timesteps(num_steps),
+            schedule.timesteps(num_steps, start_timestep),
             sampler=sampler or schedule.sampler,
             prediction_type=schedule.prediction_type,
             eta=eta,

@@ -42,9 +42,9 @@ class Schedule:
         """float64 [T]."""
         return alphas_cumprod(self.make_betas())
 
-    def timesteps(self, num_steps: int) -> torch.Tensor:
-        """The descending timesteps a sampler with `num_steps` steps visits."""
-        return select_timesteps(self.num_timesteps, num_steps, self.spacing)
+    def timesteps(self, num_steps: int, start: int | None = None) -> torch.Tensor:
+        """The descending timesteps a sampler with `num_steps` steps visits (the first capped at `start`)."""
+        return select_timesteps(self.num_timesteps, num_steps, self.spacing, start)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -54,3 +54,14 @@ def test_num_steps_out_of_range(S):
 def test_unknown_spacing():
     with pytest.raises(ValueError, match="trailing"):
         select_timesteps(1000, 10, "uniform")
+
+
+def test_start_caps_the_first_timestep():
+    # trailing, T = 1000, S = 10 (Table 2, 0-based): 999, 899, ..., 99; capped at 998 only the first moves
+    ts = select_timesteps(1000, 10, "trailing", start=998)
+    assert ts.tolist() == [998, *range(899, 0, -100)]
+    # a cap below the second timestep merges them: distinct and descending still
+    assert select_timesteps(1000, 10, "trailing", start=850).tolist() == [850, *range(799, 0, -100)]
+    assert select_timesteps(1000, 10, "leading", start=998).equal(select_timesteps(1000, 10, "leading"))
+    with pytest.raises(ValueError, match="start must be in 0..999"):
+        select_timesteps(1000, 10, start=1000)

@@ -1,0 +1,139 @@
+"""What zsnr's training step costs over a bare loop, and where the difference goes (CPU, one thread).
+
+    python tests/bench/bench_overhead.py [--rounds 7 --steps 30]      (`make bench` runs it, marked slow)
+
+Rows, each timed for `steps` steps after `warmup` in every round, the rows interleaved round by round (so a
+change of the machine's load touches every row alike):
+  plain        gpu_step_loops.run_plain: a diffusers-style loop (add_noise, UNet, MSE on v, backward,
+               clip_grad_norm_, AdamW), no EMA, no logging
+  zsnr         gpu_step_loops.run_ours: DiffusionModule through a Lightning Trainer (configs/trainer/default.yaml)
+               with the per-step callbacks launch/train.py adds (TrainMetrics, DataStatsLogger) and the EMA
+  zsnr - X     the same with one part X taken out (monkeypatched for the row only), so its cost is
+               zsnr / (zsnr - X) - 1: the EMA update, the callbacks, self.log, the step's own generator, the
+               skip guard (finiteness check and gradient norm)
+The ratio of a row to plain is taken within each round (both ran on the same machine state) and reported as
+the median over rounds with its range. Wall-clock numbers are never asserted (tests only check structure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+from gpu_step_loops import Variant, latent_batch, run_ours, run_plain
+
+TINY = {"kind": "tiny", "resolution": 32, "init_seed": 0}
+ZERO_SNR = {"betas": "scaled_linear", "rescale_zero_terminal_snr": True, "prediction_type": "v_prediction"}
+
+
+def _build():
+    from zsnr.training import DiffusionModule
+
+    return DiffusionModule(TINY, ZERO_SNR, ema_decay=0.999)
+
+
+@contextlib.contextmanager
+def _without(part: str, module) -> Iterator[None]:
+    """Take one part of zsnr's step out for a row (restored afterwards)."""
+    import zsnr.training.module as m
+
+    saved: list[tuple[object, str, object]] = []
+
+    def patch(owner: object, name: str, value: Callable) -> None:
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    if part == "EMA":
+        patch(m, "ema_update_", lambda *a, **k: None)
+    elif part == "self.log":
+        patch(module, "log", lambda *a, **k: None)
+    elif part == "step generator":
+        shared = torch.Generator().manual_seed(0)
+        patch(module, "_step_generator", lambda: shared)
+    elif part == "skip guard":
+        patch(module, "_finite_on_every_rank", lambda loss: True)
+        patch(module, "on_before_optimizer_step", lambda optimizer: None)
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            if owner is module:
+                module.__dict__.pop(name, None)
+            else:
+                setattr(owner, name, value)
+
+
+PARTS = ("EMA", "callbacks", "self.log", "step generator", "skip guard")
+
+
+def measure(rounds: int, steps: int, warmup: int, batch: int, latent: int) -> dict[str, list[float]]:
+    """Seconds per step of every row in every round: {row: [round 0, round 1, ...]}."""
+    torch.set_num_threads(1)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    module = _build()
+    text_dim = module.unet.config.cross_attention_dim
+    data = latent_batch(batch, latent, text_dim, pin=False)
+    cpu = torch.device("cpu")
+    v = Variant("zsnr", latent=latent, batch=batch, precision="32-true")
+    times: dict[str, list[float]] = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(num_workers|eval mode|LeafSpec|does not have many).*")
+        for _ in range(rounds):
+            t = run_plain(module.unet, v, data, cpu, warmup, 0.0, steps)
+            times.setdefault("plain", []).append(t.step_ms / 1e3)
+            for part in (None, *PARTS):
+                row = "zsnr" if part is None else f"zsnr - {part}"
+                variant = Variant(row, latent=latent, batch=batch, precision="32-true", callbacks=part != "callbacks")
+                with _without(part or "", module):
+                    t = run_ours(module, variant, data, cpu, warmup, 0.0, steps)
+                times.setdefault(row, []).append(t.step_ms / 1e3)
+    return times
+
+
+def summary(times: dict[str, list[float]]) -> list[dict[str, float | str]]:
+    """Per row: median ms per step, and its per-round ratio to plain (median, min, max)."""
+    rows = []
+    for row, seconds in times.items():
+        ratios = [s / p for s, p in zip(seconds, times["plain"], strict=True)]
+        rows.append({"row": row, "ms": 1e3 * statistics.median(seconds), "ratio": statistics.median(ratios),
+                     "lo": min(ratios), "hi": max(ratios)})  # fmt: skip
+    return rows
+
+
+def report(rounds: int, steps: int, warmup: int = 3, batch: int = 16, latent: int = 16) -> list[dict]:
+    began = time.monotonic()
+    rows = summary(measure(rounds, steps, warmup, batch, latent))
+    print(f"\ntraining step, tiny UNet, latent batch {batch} x 4 x {latent} x {latent}, float32, 1 thread; "
+          f"{rounds} interleaved rounds of {steps} steps ({time.monotonic() - began:.0f} s)")  # fmt: skip
+    print(f"{'row':24s} {'ms/step':>8s} {'/ plain':>8s} {'range':>14s}")
+    for r in rows:
+        print(f"{r['row']:24s} {r['ms']:8.2f} {r['ratio']:8.3f} {r['lo']:6.3f}-{r['hi']:.3f}")
+    return rows
+
+
+def test_bench_overhead_quick():
+    rows = summary(measure(rounds=1, steps=2, warmup=2, batch=2, latent=8))
+    assert [r["row"] for r in rows] == ["plain", "zsnr", *(f"zsnr - {p}" for p in PARTS)]
+    assert all(r["ms"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_bench_overhead():
+    report(rounds=7, steps=30)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--latent", type=int, default=16)
+    a = p.parse_args()
+    report(a.rounds, a.steps, batch=a.batch, latent=a.latent)
