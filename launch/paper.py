@@ -36,7 +36,7 @@ from zsnr.evaluation.demo_report import save_grid
 from zsnr.evaluation.fid import ReferenceStats, extract, frechet_distance
 from zsnr.evaluation.images import labelled_grid, save_png, to_uint8
 from zsnr.evaluation.paper import saturated_fraction, spread_at_T, x0_trajectory
-from zsnr.evaluation.paper_report import claims, write_paper_report
+from zsnr.evaluation.paper_report import NOT_REFUSED, plain, write_paper_report
 from zsnr.sampling import generate
 from zsnr.training import load_for_inference
 
@@ -54,7 +54,7 @@ def ablations(cfg: DictConfig, d: dict[str, Any], arms: dict[str, Path], out: Pa
     eps = load_for_inference(arms["zsnr_eps"])
     try:  # what a user sees who samples an epsilon model on a zero-SNR schedule from t = T
         generate(eps, ["a black background"], [0], model_settings(eps, sampling), progress=False)
-        refusal = "(the sampler did not refuse)"
+        refusal = NOT_REFUSED
     except ValueError as exn:
         refusal = str(exn)
     last = eps.schedule.num_timesteps - 1
@@ -79,7 +79,8 @@ def ablations(cfg: DictConfig, d: dict[str, Any], arms: dict[str, Path], out: Pa
         name: save_grid(sets, out / f"ablation_{i}.png", prompt_sets)
         for i, (name, sets) in enumerate(samples.items())
     }
-    return {"metrics": metrics, "refusal": refusal, "grids": grids, "samples": samples}
+    return {"metrics": metrics, "refusal": refusal, "grids": grids, "samples": samples,
+            "num_steps": sampling["num_steps"]}  # fmt: skip
 
 
 def samplers(cfg: DictConfig, d: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -236,20 +237,20 @@ def paper(cfg: DictConfig) -> Path:
     (out / "schedules.md").write_text(format_report())
     plot(str(out / "figure2_schedules.png"))
     results = {
+        "seed": seed,
         "demo": {k: d["metrics"][k] for k in ("data", "flawed", "fixed", "base")},
         "checks": [c.__dict__ for c in d["checks"]],
         "ablations": ablations(cfg, d, arms, out),
         "samplers": samplers(cfg, d, out),
         "trajectory": trajectory(cfg, d, out),
         "phi": phi_sweep(cfg, d, out),
-        "fid": fid_table(cfg, d, arms, out) if cfg.fid.models else None,
+        "fid": fid_table(cfg, d, arms, out),
     }
     setup = {
         "command": "make paper  (python launch/paper.py " + " ".join(sys.argv[1:]) + ")",
         "minutes": (time.time() - start) / 60,
     }
-    rows = claims(results, dcfg)
-    report = write_paper_report(out, results, rows, setup, dcfg)
+    report, rows = write_paper_report(out, plain(results), setup)
     print(
         f"\nwrote {report}: {sum(r.agrees for r in rows)} of {len(rows)} claims agree ({setup['minutes']:.1f} min)"
     )

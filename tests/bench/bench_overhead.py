@@ -1,4 +1,4 @@
-"""What zsnr's training step costs over a bare loop, and where the difference goes (CPU, one thread).
+"""What zsnr's training step costs over a bare loop, and where the difference goes (CPU, one thread, CPU time).
 
     python tests/bench/bench_overhead.py [--rounds 7 --steps 30]      (`make bench` runs it, marked slow)
 
@@ -11,8 +11,10 @@ change of the machine's load touches every row alike):
   zsnr - X     the same with one part X taken out (monkeypatched for the row only), so its cost is
                zsnr / (zsnr - X) - 1: the EMA update, the callbacks, self.log, the step's own generator, the
                skip guard (finiteness check and gradient norm)
-The ratio of a row to plain is taken within each round (both ran on the same machine state) and reported as
-the median over rounds with its range. Wall-clock numbers are never asserted (tests only check structure).
+Steps are timed in CPU seconds of this process on one thread (time.process_time: other jobs on the machine
+do not count). The rows run in a shuffled order in each round. The ratio of a row to plain is taken within
+each round and reported as the median over rounds with its range. Times are never asserted (the tests check
+structure only).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import random
 import statistics
 import time
 import warnings
@@ -85,14 +88,20 @@ def measure(rounds: int, steps: int, warmup: int, batch: int, latent: int) -> di
     times: dict[str, list[float]] = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(num_workers|eval mode|LeafSpec|does not have many).*")
-        for _ in range(rounds):
-            t = run_plain(module.unet, v, data, cpu, warmup, 0.0, steps)
-            times.setdefault("plain", []).append(t.step_ms / 1e3)
-            for part in (None, *PARTS):
+        for r in range(rounds):
+            order = ["plain", None, *PARTS]
+            random.Random(r).shuffle(order)  # no row always runs first (or right after another)
+            for part in order:
+                if part == "plain":
+                    t = run_plain(module.unet, v, data, cpu, warmup, 0.0, steps, time.process_time)
+                    times.setdefault("plain", []).append(t.step_ms / 1e3)
+                    continue
                 row = "zsnr" if part is None else f"zsnr - {part}"
-                variant = Variant(row, latent=latent, batch=batch, precision="32-true", callbacks=part != "callbacks")
+                variant = Variant(
+                    row, latent=latent, batch=batch, precision="32-true", callbacks=part != "callbacks"
+                )
                 with _without(part or "", module):
-                    t = run_ours(module, variant, data, cpu, warmup, 0.0, steps)
+                    t = run_ours(module, variant, data, cpu, warmup, 0.0, steps, time.process_time)
                 times.setdefault(row, []).append(t.step_ms / 1e3)
     return times
 
@@ -100,7 +109,8 @@ def measure(rounds: int, steps: int, warmup: int, batch: int, latent: int) -> di
 def summary(times: dict[str, list[float]]) -> list[dict[str, float | str]]:
     """Per row: median ms per step, and its per-round ratio to plain (median, min, max)."""
     rows = []
-    for row, seconds in times.items():
+    for row in ("plain", "zsnr", *(f"zsnr - {p}" for p in PARTS)):
+        seconds = times[row]
         ratios = [s / p for s, p in zip(seconds, times["plain"], strict=True)]
         rows.append({"row": row, "ms": 1e3 * statistics.median(seconds), "ratio": statistics.median(ratios),
                      "lo": min(ratios), "hi": max(ratios)})  # fmt: skip

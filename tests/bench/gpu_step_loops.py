@@ -6,7 +6,8 @@ ours:  DiffusionModule.training_step through a pytorch_lightning Trainer built f
 plain: a diffusers-style loop (train_text_to_image.py's shape): DDPMScheduler.add_noise / get_velocity, the
        same UNet under torch.autocast, MSE on v, loss.backward(), clip_grad_norm_(1.0), AdamW; no EMA.
 Both read the same pinned latent batch each step (host to device, as from a DataLoader). Timing: the device is
-synchronised after every step; warmup steps are left out; a step budget in seconds ends a run. FLOPs: the last
+synchronised after every step; warmup steps are left out; a step budget in seconds ends a run. `clock` is
+time.perf_counter, or on a shared CPU time.process_time (the process's CPU seconds: robust to other jobs). FLOPs: the last
 warmup step's forward + backward (the first encodes the empty caption once) under torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
 attention: what MFU counts; the loss arithmetic and the optimizer are not counted).
 """
@@ -103,8 +104,9 @@ def _done(times: list[float], warmup: int, seconds: float, max_steps: int) -> bo
 class StepTimer(pl.Callback):
     """Synchronised end-of-step clock for the Trainer; counts the FLOPs of the last warmup step's fwd + bwd."""
 
-    def __init__(self, warmup: int, seconds: float, max_steps: int, count_flops: bool) -> None:
-        self.warmup, self.seconds, self.max_steps = warmup, seconds, max_steps
+    def __init__(self, warmup: int, seconds: float, max_steps: int, count_flops: bool,
+                 clock: Callable[[], float] = time.perf_counter) -> None:  # fmt: skip
+        self.warmup, self.seconds, self.max_steps, self.clock = warmup, seconds, max_steps, clock
         self.counter = FlopCounterMode(display=False) if count_flops else None
         self.counting = False
         self.flops: float | None = None
@@ -126,7 +128,7 @@ class StepTimer(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._stop_counting()
         _sync(pl_module.device)
-        self.times.append(time.perf_counter())
+        self.times.append(self.clock())
         if _done(self.times, self.warmup, self.seconds, self.max_steps):
             trainer.should_stop = True
 
@@ -149,10 +151,10 @@ def trainer_kwargs(accelerator: str) -> dict[str, Any]:
 
 
 def run_ours(module: pl.LightningModule, v: Variant, batch: dict, device: torch.device, warmup: int,
-             seconds: float, max_steps: int) -> Timing:  # fmt: skip
+             seconds: float, max_steps: int, clock: Callable[[], float] = time.perf_counter) -> Timing:  # fmt: skip
     from zsnr.training import DataStatsLogger, TrainMetrics
 
-    timer = StepTimer(warmup, seconds, max_steps, v.count_flops)
+    timer = StepTimer(warmup, seconds, max_steps, v.count_flops, clock)
     callbacks: list[pl.Callback] = [timer]
     if v.callbacks:
         callbacks += [TrainMetrics(v.batch), DataStatsLogger()]
@@ -193,7 +195,7 @@ def plain_step(unet: torch.nn.Module, optimizer, scheduler, batch: dict, device:
 
 
 def run_plain(unet: torch.nn.Module, v: Variant, batch: dict, device: torch.device, warmup: int,
-              seconds: float, max_steps: int) -> Timing:  # fmt: skip
+              seconds: float, max_steps: int, clock: Callable[[], float] = time.perf_counter) -> Timing:  # fmt: skip
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(
@@ -216,7 +218,7 @@ def run_plain(unet: torch.nn.Module, v: Variant, batch: dict, device: torch.devi
             f = plain_step(unet, optimizer, scheduler, batch, device, v.precision == "bf16-mixed", count)
             flops = f if count else flops
             _sync(device)
-            times.append(time.perf_counter())
+            times.append(clock())
     finally:
         optimizer.state.clear()
         unet.zero_grad(set_to_none=True)

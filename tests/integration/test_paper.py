@@ -43,7 +43,7 @@ def test_shortened_paper_end_to_end(short_demo, tmp_path):
         "offset_noise",
     }
     claims = metrics["claims"]
-    assert len(claims) == 14 and {c["section"] for c in claims} >= {
+    assert len(claims) == 15 and {c["section"] for c in claims} >= {
         "Table 1",
         "Table 2",
         "Figure 5",

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from zsnr.diffusion import alphas_cumprod, make_betas, rescale_zero_terminal_snr, select_timesteps
+from zsnr.evaluation.demo_report import summary_table
 from zsnr.evaluation.paper import Claim, claims_table
 
 # The paper's Table 2 (T = 1000, S = 10, 1-based, ascending) and Table 1's sqrt(abar_T) of SD's schedule.
@@ -20,6 +21,7 @@ TABLE2 = {
     "trailing": [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000],
 }
 SD_SQRT_ABAR_T = 0.068265
+NOT_REFUSED = "the sampler did not refuse t = T"
 EXTREMES = ("dark", "bright")
 
 
@@ -68,7 +70,8 @@ def demo_claims(metrics: Mapping[str, Any], seed: str) -> list[Claim]:
     ]  # fmt: skip
 
 
-def ablation_claims(r: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[Claim]:
+def ablation_claims(results: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[Claim]:
+    r = results["ablations"]
     m = r["metrics"]
     names = {
         key: next(n for n in m if n.startswith(key))
@@ -77,40 +80,47 @@ def ablation_claims(r: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[Clai
     base_w1 = max(_w1(fixed), 0.01)
     out = []
     eps = m[names["no v"]]
+    refused = r["refusal"] != NOT_REFUSED
+    noise = max(s["noise_median"] for s in eps.values())
+    worse = _w1(eps) >= 3 * base_w1 or noise > 0.03
     out.append(Claim("Section 3.2", "zero terminal SNR needs v-prediction: epsilon at SNR 0 reveals nothing of x0",
-                     f"the sampler refuses t = T ('{r['refusal'].split(':')[0]}'); started one step lower: {_means(eps)}, "
-                     f"noise {max(s['noise_median'] for s in eps.values()):.3f}, extremes' W1 {_w1(eps):.2f} vs fixed "
-                     f"{_w1(fixed):.2f}", "refuse" not in r["refusal"] or _w1(eps) >= 3 * base_w1
-                     or max(s["noise_median"] for s in eps.values()) > 0.03))  # fmt: skip
-    for key, section, text in (
-        (
-            "no trailing",
-            "Section 3.3",
-            "samplers must start at t = T: leading steps (first t = 901 of 1000) lose the extremes",
-        ),
-        (
-            "no zero",
-            "Section 3.1",
-            "without the zero-SNR schedule (v-prediction alone) the extremes stay out of reach",
-        ),
-    ):
-        s = m[names[key]]
-        out.append(Claim(section, text, f"{_means(s)}; extremes' W1 {_w1(s):.2f} vs fixed {_w1(fixed):.2f}",
-                         _w1(s) >= 3 * base_w1))  # fmt: skip
+                     (f"the sampler refuses t = T ('{r['refusal'].split(':')[0]}')" if refused else NOT_REFUSED)
+                     + f"; started one step lower: {_means(eps)}, noise {noise:.3f}, extremes' W1 {_w1(eps):.2f} vs "
+                     f"fixed {_w1(fixed):.2f}", refused and worse))  # fmt: skip
+    lead = m[names["no trailing"]]
+    s = {k: sampler_score(v) for k, v in results["samplers"]["metrics"].items()}
+    lo = min(int(k.split("S = ")[1]) for k in s)
+    first = {n: int(select_timesteps(1000, n, "leading")[0]) + 1 for n in (lo, r["num_steps"])}
+    ratio = s[f"leading, S = {lo}"] / max(s[f"trailing, S = {lo}"], 1e-9)
+    out.append(Claim("Section 3.3", "samplers must start at t = T: steps that never reach it (leading) are flawed",
+                     f"S = {r['num_steps']} (leading starts at t = {first[r['num_steps']]}): {_means(lead)}, extremes' W1 "
+                     f"{_w1(lead):.2f} vs trailing {_w1(fixed):.2f}; S = {lo} (t = {first[lo]}): mean W1 (Figure 4) "
+                     f"{ratio:.1f}x trailing's", ratio >= 1.5))  # fmt: skip
+    sd = m[names["no zero"]]
+    out.append(Claim("Section 3.1", "without the zero-SNR schedule (v-prediction alone) the extremes stay out of reach",
+                     f"{_means(sd)}; extremes' W1 {_w1(sd):.2f} vs fixed {_w1(fixed):.2f}",
+                     _w1(sd) >= 3 * base_w1))  # fmt: skip
     return out
 
 
-def offset_claim(m: Mapping[str, Any], flawed: Mapping[str, Any], fixed: Mapping[str, Any],
-                 data: Mapping[str, Any]) -> Claim:  # fmt: skip
+def offset_claims(m: Mapping[str, Any], flawed: Mapping[str, Any], fixed: Mapping[str, Any],
+                  data: Mapping[str, Any]) -> list[Claim]:  # fmt: skip
+    """Section 5.4: offset noise moves brightness (closer to the data's extremes than the flawed model), but
+    its brightness distribution is not the data's: it overshoots (more images in the tails than the data)."""
     o = m[next(n for n in m if n.startswith("offset"))]
     u, du, fu = o["unconditional"], data["unconditional"], fixed["unconditional"]
-    reaches = _w1(o) < _w1(flawed)
-    unfaithful = u["wasserstein_to_reference"] > fu["wasserstein_to_reference"]
-    return Claim("Section 5.4", "offset noise lets the model reach dark and bright, but is not faithful to the data's "
-                 "brightness distribution", f"{_means(o)} (flawed's extremes' W1 {_w1(flawed):.2f}, offset {_w1(o):.2f}); "
-                 f"unconditional W1 {u['wasserstein_to_reference']:.2f} vs fixed {fu['wasserstein_to_reference']:.2f}, "
-                 f"tails < -0.7 / > +0.7: {100 * u['frac_dark']:.0f}% / {100 * u['frac_bright']:.0f}% (data "
-                 f"{100 * du['frac_dark']:.0f}% / {100 * du['frac_bright']:.0f}%)", reaches and unfaithful)  # fmt: skip
+    tails = lambda x: x["frac_dark"] + x["frac_bright"]  # noqa: E731
+    return [
+        Claim("Section 5.4", "offset noise lets the model reach darker and brighter images",
+              f"{_means(o)}; extremes' W1 {_w1(o):.2f} (flawed {_w1(flawed):.2f}, fixed {_w1(fixed):.2f})",
+              _w1(o) < _w1(flawed)),
+        Claim("Section 5.4", "but it is not faithful to the data's brightness distribution: it overshoots",
+              f"unconditional W1 {u['wasserstein_to_reference']:.2f} (fixed {fu['wasserstein_to_reference']:.2f}); "
+              f"images < -0.7 / > +0.7: {100 * u['frac_dark']:.0f}% / {100 * u['frac_bright']:.0f}% (data "
+              f"{100 * du['frac_dark']:.0f}% / {100 * du['frac_bright']:.0f}%, fixed {100 * fu['frac_dark']:.0f}% / "
+              f"{100 * fu['frac_bright']:.0f}%)",
+              u["wasserstein_to_reference"] > fu["wasserstein_to_reference"] and tails(u) > tails(du)),
+    ]  # fmt: skip
 
 
 def sampler_score(stats: Mapping[str, Any]) -> float:
@@ -123,14 +133,17 @@ def figure_claims(results: Mapping[str, Any]) -> list[Claim]:
     steps = sorted({int(k.split("S = ")[1]) for k in s})
     gap = {n: s[f"linspace, S = {n}"] - s[f"trailing, S = {n}"] for n in steps}
     lo, hi = steps[0], steps[-1]
+    clear = (
+        gap[lo] >= 0.1 * s[f"trailing, S = {lo}"]
+    )  # "clearly": linspace at least 10% further from the data
     t = results["trajectory"]
     phi = {k: v for k, v in results["phi"].items() if k not in ("data", "grid")}
     best = min(phi, key=lambda k: phi[k]["w1_mean"])
     fid = results["fid"]["table"]
     return [
         Claim("Figure 4", f"trailing beats linspace clearly at S = {lo}, subtly at S = {hi}",
-              f"mean W1 to the data, linspace - trailing: {gap[lo]:+.3f} at S = {lo}, {gap[hi]:+.3f} at S = {hi}",
-              gap[lo] > 0 and gap[lo] > gap[hi]),
+              f"mean W1 to the data, linspace - trailing: {gap[lo]:+.3f} at S = {lo} (trailing "
+              f"{s[f'trailing, S = {lo}']:.3f}), {gap[hi]:+.3f} at S = {hi}", clear and gap[lo] > gap[hi]),
         Claim("Figure 5", "at t = T the prediction of x0 depends on the prompt, hardly on the noise",
               f"fixed: spread over noise seeds / over prompts = {t['fixed']['ratio']:.2f} (flawed, first step "
               f"t = {t['flawed']['first_timestep'] + 1}: {t['flawed']['ratio']:.2f})", t["fixed"]["ratio"] < 0.25),
@@ -145,16 +158,17 @@ def figure_claims(results: Mapping[str, Any]) -> list[Claim]:
     ]  # fmt: skip
 
 
-def claims(results: Mapping[str, Any], demo_cfg: Any) -> list[Claim]:
-    seed = str(demo_cfg.seeds[0])
+def claims(results: Mapping[str, Any]) -> list[Claim]:
+    """The claims table from metrics.json's results (plain()): results["seed"] is the fine-tuning seed shown."""
+    seed = str(results["seed"])
     d = results["demo"]
     fixed, flawed = d["fixed"]["seeds"][seed], d["flawed"]["seeds"][seed]
     a = results["ablations"]
     return [
         *schedule_claims(),
         *demo_claims(d, seed),
-        *ablation_claims(a, fixed),
-        offset_claim(a["metrics"], flawed, fixed, d["data"]),
+        *ablation_claims(results, fixed),
+        *offset_claims(a["metrics"], flawed, fixed, d["data"]),
         *figure_claims(results),
     ]
 
@@ -178,22 +192,26 @@ def _ablation_table(results: Mapping[str, Any], seed: str) -> list[str]:
     return lines
 
 
-def _plain(results: Any) -> Any:
+def plain(results: Any) -> Any:
     """metrics.json: numbers and strings only (image tensors are in the PNGs)."""
     if isinstance(results, Mapping):
-        return {str(k): _plain(v) for k, v in results.items() if k != "samples"}
+        return {str(k): plain(v) for k, v in results.items() if k != "samples"}
     if isinstance(results, list | tuple):
-        return [_plain(v) for v in results]
+        return [plain(v) for v in results]
     if isinstance(results, Path):
         return results.name
     return results if isinstance(results, int | float | str | bool | None) else str(results)
 
 
-def write_paper_report(out: Path, results: Mapping[str, Any], rows: Sequence[Claim], setup: Mapping[str, Any],
-                       demo_cfg: Any) -> Path:  # fmt: skip
-    seed = str(demo_cfg.seeds[0])
+def write_paper_report(
+    out: Path, results: Mapping[str, Any], setup: Mapping[str, Any]
+) -> tuple[Path, list[Claim]]:
+    """metrics.json (results, setup and claims) and report.md from plain() results; returns the report's path
+    and the claims. `python -m zsnr.evaluation.paper_report DIR` writes the report again from DIR/metrics.json."""
+    rows = claims(results)
+    seed = str(results["seed"])
     (out / "metrics.json").write_text(
-        json.dumps(_plain({**results, "claims": [r.__dict__ for r in rows]}), indent=1)
+        json.dumps({**results, "setup": dict(setup), "claims": [r.__dict__ for r in rows]}, indent=1)
     )
     agree = sum(r.agrees for r in rows)
     s, t, phi, fid = results["samplers"]["metrics"], results["trajectory"], results["phi"], results["fid"]
@@ -208,7 +226,8 @@ def write_paper_report(out: Path, results: Mapping[str, Any], rows: Sequence[Cla
         "## Tables 1 and 2, Figure 2: the schedules", "", (out / "schedules.md").read_text(), "",
         "![Figure 2](figure2_schedules.png)", "",
         "## Figure 3: the demo (all four fixes against none)", "",
-        "Brightness histograms and grids of `make demo` (its report.md has every table).", "",
+        "`make demo`'s summary (its report.md has every table), brightness histograms and grids:", "",
+        *summary_table(results["demo"], ["base", "flawed", "fixed"]), "",
         "![histograms](figure3_histograms.png)", "",
         "| base | flawed | fixed |", "|---|---|---|",
         "| ![base](figure3_grid_base.png) | ![flawed](figure3_grid_flawed.png) | ![fixed](figure3_grid_fixed.png) |", "",
@@ -257,4 +276,14 @@ def write_paper_report(out: Path, results: Mapping[str, Any], rows: Sequence[Cla
     ]  # fmt: skip
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    return path
+    return path, rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/paper")
+    saved = json.loads((folder / "metrics.json").read_text())
+    setup = saved.pop("setup")
+    saved.pop("claims")
+    print(write_paper_report(folder, saved, setup)[0])

@@ -55,9 +55,12 @@ class TrainMetrics(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args
     ) -> None:
         if isinstance(outputs, dict) and "per_sample_loss" in outputs:
-            T = pl_module.schedule.num_timesteps
-            bucket = (outputs["timesteps"].cpu() * self.buckets // T).long()
-            self._sums.index_add_(0, bucket, outputs["per_sample_loss"].double().cpu())
+            # summed where the loss is (no device-to-host copy, so no wait for the step, until a log line)
+            T, device = pl_module.schedule.num_timesteps, outputs["per_sample_loss"].device
+            if self._sums.device != device:
+                self._sums, self._counts = self._sums.to(device), self._counts.to(device)
+            bucket = outputs["timesteps"] * self.buckets // T
+            self._sums.index_add_(0, bucket, outputs["per_sample_loss"].double())
             self._counts.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
         step = trainer.global_step
         if not pl_module.stepped or step == self._since_step or step % self.every_n_steps:
@@ -72,12 +75,13 @@ class TrainMetrics(pl.Callback):
             "train/skipped_steps": float(pl_module.skipped_steps),
         }
         width = pl_module.schedule.num_timesteps // self.buckets
+        sums, counts = self._sums.tolist(), self._counts.tolist()
         for i in range(self.buckets):
-            if self._counts[i] > 0:
-                metrics[f"train/loss_t{i * width:04d}"] = float(self._sums[i] / self._counts[i])
+            if counts[i] > 0:
+                metrics[f"train/loss_t{i * width:04d}"] = sums[i] / counts[i]
         log_metrics(trainer, metrics)
         if trainer.is_global_zero and not sys.stdout.isatty():  # logs and pipes: no live progress bar there
-            loss = float(self._sums.sum() / self._counts.sum()) if self._counts.sum() else float("nan")
+            loss = sum(sums) / sum(counts) if sum(counts) else float("nan")
             print(f"step {step}/{trainer.max_steps}  loss {loss:.4f}  {metrics['train/images_per_s']:.1f} "
                   f"images/s  lr {metrics['train/lr']:.2e}", flush=True)  # fmt: skip
         self._reset(now, step)
