@@ -40,7 +40,8 @@ def schedule_claims() -> list[Claim]:
     table2 = {s: sorted((select_timesteps(1000, 10, s) + 1).tolist()) for s in TABLE2}
     return [
         Claim("Table 1", f"SD's schedule stops at sqrt(abar_T) = {SD_SQRT_ABAR_T} (SNR(T) > 0: x_T keeps some signal)",
-              f"sqrt(abar_T) = {sqrt_t:.6f}", abs(sqrt_t - SD_SQRT_ABAR_T) < 1e-6),
+              f"sqrt(abar_T) = {sqrt_t:.6f}, SNR(T) = {sqrt_t**2 / (1 - sqrt_t**2):.4e} (the table's SNR column prints "
+              "4.928220e-03, which its own sqrt(abar_T) does not give)", abs(sqrt_t - SD_SQRT_ABAR_T) < 1e-6),
         Claim("Algorithm 1", "the rescaled schedule reaches SNR(T) = 0 and keeps sqrt(abar_1)",
               f"abar_T = {fixed[-1].item():.1e}, sqrt(abar_1) changed by {abs(fixed[0] - abar[0]).sqrt().item():.1e}",
               fixed[-1].item() == 0.0 and torch.allclose(fixed[0], abar[0])),

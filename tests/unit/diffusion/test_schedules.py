@@ -133,4 +133,6 @@ def test_shift_16_gives_16px_the_image_mean_snr_of_sds_64px_latents():
     # Algorithm 1 after the shift: SNR(T) = 0, abar_1 of the shifted schedule kept
     r = alphas_cumprod(rescale_zero_terminal_snr(shift_snr(make_betas("scaled_linear"), 16.0)))
     assert r[-1].item() == pytest.approx(0.0, abs=1e-30)
-    assert r[0].item() == pytest.approx(alphas_cumprod(shift_snr(make_betas("scaled_linear"), 16.0))[0].item())
+    assert r[0].item() == pytest.approx(
+        alphas_cumprod(shift_snr(make_betas("scaled_linear"), 16.0))[0].item()
+    )
