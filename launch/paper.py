@@ -29,6 +29,7 @@ from zsnr.evaluation.demo import (
     TrainJob,
     model_settings,
     sample_models,
+    sample_sets,
     train_runs,
 )
 from zsnr.evaluation.demo_metrics import measure
@@ -88,8 +89,6 @@ def samplers(cfg: DictConfig, d: dict[str, Any], out: Path) -> dict[str, Any]:
     dcfg = d["cfg"]
     model = load_for_inference(d["checkpoints"][f"fixed_seed{dcfg.seeds[0]}"])
     sets = {"dark": list(dcfg.prompt_sets.dark), "bright": list(dcfg.prompt_sets.bright)}
-    from zsnr.evaluation.demo import sample_sets
-
     results, rows = {}, {}
     for steps in cfg.samplers.num_steps:
         for spacing in cfg.samplers.spacings:
