@@ -148,7 +148,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except SIGTERMException as exn:  # Lightning stops on SIGTERM with SystemExit(None), i.e. status 0
+        except (SIGTERMException, SystemExit) as exn:
+            # Lightning stops on SIGTERM with SystemExit(None), i.e. status 0; while the loop waits for a batch
+            # the data pipeline raises SystemExit(143) itself (zsnr.data.resume). Either way: one message, 143.
+            if not isinstance(exn, SIGTERMException) and exn.code != 128 + signal.SIGTERM:
+                raise  # SIGTERMException is a SystemExit too
             log.error(
                 "stopped by SIGTERM at step %d (not saved: resume from the last checkpoint)",
                 trainer.global_step,

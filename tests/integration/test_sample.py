@@ -37,6 +37,7 @@ def test_writes_images_grid_settings(ckpt, tmp_path):
     assert record["settings"] == {
         "sampler": "ddim", "num_steps": 5, "spacing": "trailing", "eta": None, "guidance_scale": 7.5,
         "guidance_rescale": 0.7, "negative_prompt": "", "dtype": "float32",  # dtype auto on a CPU
+        "start_timestep": None,
     }  # fmt: skip
     assert [(e["prompt"], e["seed"]) for e in record["images"]] == [
         (PROMPTS[0], 10), (PROMPTS[0], 11), (PROMPTS[1], 12), (PROMPTS[1], 13),
