@@ -42,9 +42,7 @@ class SamplingSettings:
     guidance_rescale: float = 0.7  # phi (Algorithm 2); 0 is plain CFG
     negative_prompt: str = ""
     dtype: str = "float32"  # the networks' compute dtype: float32, or bfloat16 / float16 autocast
-    start_timestep: int | None = (
-        None  # cap on the first timestep (select_timesteps' start); None: the spacing's
-    )
+    start_timestep: int | None = None  # cap on the first timestep (select_timesteps' start)
 
     def __post_init__(self) -> None:
         """Fail on a bad option before any model loads."""

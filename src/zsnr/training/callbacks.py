@@ -34,8 +34,8 @@ def log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
 
 class TrainMetrics(pl.Callback):
     """Every `every_n_steps` optimizer steps: the loss (mean over the interval, and by timestep bucket), lr,
-    throughput (images/s), the gradient norm and the count of skipped steps; where the output is not a terminal (a SLURM log, a pipe) also one line
-    `step N/M  loss ...` on stdout."""
+    throughput (images/s), the gradient norm and the count of skipped steps; where the output is not a
+    terminal (a SLURM log, a pipe) also one line `step N/M  loss ...` on stdout."""
 
     def __init__(self, images_per_step: int, every_n_steps: int = 10, buckets: int = 10) -> None:
         self.images_per_step = images_per_step
