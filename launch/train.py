@@ -25,6 +25,7 @@ from zsnr.training import (
     resolve_resume,
     world_size,
 )
+from zsnr.training.callbacks import ProgressBar
 from zsnr.training.cluster import (
     SlurmRequeue,
     multirun_job_scope,
@@ -116,6 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         tokenizer=Tokenizer(),
         latent_signature=encoder_signature(model_spec),  # data.decode=latents: refuses another model's cache
         size_multiple=size_multiple(model_spec),  # data.buckets: bucket sides the model takes as they are
+        micro_batches_per_step=plan.accumulate_grad_batches,  # one window of micro-batches per training_step
     )
     wanted = dict(cfg.get("callbacks") or {})
     if (
@@ -131,12 +133,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         del wanted["validation"]
     module = instantiate(cfg.module)
     callbacks += [instantiate(c) for c in wanted.values()]  # configs/callbacks/
+    progress_bar = resolve_progress_bar(cfg.trainer.get("enable_progress_bar", "auto"))
+    if progress_bar:
+        callbacks.append(ProgressBar())
     with multirun_job_scope():  # -m with Lightning-launched ranks: each job's ranks run that job only
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             precision=precision,
-            enable_progress_bar=resolve_progress_bar(cfg.trainer.get("enable_progress_bar", "auto")),
-            accumulate_grad_batches=plan.accumulate_grad_batches,
+            enable_progress_bar=progress_bar,
             max_steps=cfg.max_steps,
             callbacks=callbacks,
             logger=build_logger(cfg),

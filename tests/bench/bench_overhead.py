@@ -4,13 +4,15 @@
 
 Rows, each timed for `steps` steps after `warmup` in every round, the rows interleaved round by round (so a
 change of the machine's load touches every row alike):
-  plain        gpu_step_loops.run_plain: a diffusers-style loop (add_noise, UNet, MSE on v, backward,
-               clip_grad_norm_, AdamW), no EMA, no logging
+  plain        gpu_step_loops.run_plain: a diffusers-style objective (add_noise, UNet, MSE on v) through
+               zsnr.training.step.train_step (backward, gradient norm and skip decision, clipping, AdamW) in a
+               bare loop: no Lightning, no EMA, no logging
   zsnr         gpu_step_loops.run_ours: DiffusionModule through a Lightning Trainer (configs/trainer/default.yaml)
                with the per-step callbacks launch/train.py adds (TrainMetrics, DataStatsLogger) and the EMA
   zsnr - X     the same with one part X taken out (monkeypatched for the row only), so its cost is
-               zsnr / (zsnr - X) - 1: the EMA update, the callbacks, the step's own generator, the skip guard
-               (finiteness check and gradient norm)
+               zsnr / (zsnr - X) - 1: the EMA update, the callbacks, the step's own generator
+The update itself (train_step) is the same code in plain and zsnr, so what the ratio measures is Lightning's
+loop, the callbacks, the EMA and zsnr's objective (its generator, caption dropout, loss weights).
 Steps are timed in CPU seconds of this process on one thread (time.process_time: other jobs on the machine
 do not count). The rows run in a shuffled order in each round. The ratio of a row to plain is taken within
 each round and reported as the median over rounds with its range. Times are never asserted (the tests check
@@ -45,8 +47,6 @@ def _build():
 @contextlib.contextmanager
 def _without(part: str, module) -> Iterator[None]:
     """Take one part of zsnr's step out for a row (restored afterwards)."""
-    import zsnr.training.module as m
-
     saved: list[tuple[object, str, object]] = []
     missing = object()
 
@@ -55,16 +55,10 @@ def _without(part: str, module) -> Iterator[None]:
         setattr(owner, name, value)
 
     if part == "EMA":
-        patch(m, "ema_update_", lambda *a, **k: None)
+        patch(module, "ema", None)  # train_step skips the EMA
     elif part == "step generator":
         shared = torch.Generator().manual_seed(0)
         patch(module, "_step_generator", lambda: shared)
-    elif (
-        part == "skip guard"
-    ):  # no finiteness check, no gradient norm (Lightning's clipping measures its own)
-        patch(module, "_finite_on_every_rank", lambda loss: True)
-        patch(module, "on_before_optimizer_step", lambda optimizer: None)
-        patch(module, "_grad_norm", None)
     try:
         yield
     finally:
@@ -75,7 +69,7 @@ def _without(part: str, module) -> Iterator[None]:
                 setattr(owner, name, value)
 
 
-PARTS = ("EMA", "callbacks", "step generator", "skip guard")
+PARTS = ("EMA", "callbacks", "step generator")
 
 
 def measure(rounds: int, steps: int, warmup: int, batch: int, latent: int) -> dict[str, list[float]]:

@@ -19,6 +19,7 @@ import torch
 
 from zsnr.data import to_model_range
 from zsnr.training import DiffusionModule
+from zsnr.training.step import Update, train_step
 
 ZERO_SNR = {"betas": "scaled_linear", "rescale_zero_terminal_snr": True, "prediction_type": "v_prediction"}
 
@@ -32,11 +33,9 @@ def _batch(n: int) -> dict:
 
 def _step_seconds(module: DiffusionModule, optimizer, batch: dict, steps: int) -> float:
     start = time.process_time()
+    update = Update(list(module.unet.parameters()), optimizer)
     for _ in range(steps):
-        out = module.training_step(batch, 0)
-        out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(update, [batch], module.micro_batch_loss)
     return (time.process_time() - start) / steps
 
 

@@ -1,10 +1,12 @@
 """The two training loops that tests/bench/gpu_train_step.py times, and how it times and counts them.
 
 ours:  DiffusionModule.training_step through a pytorch_lightning Trainer built from configs/trainer/default.yaml
-       (precision plugin, gradient clipping at 1.0, AdamW, the EMA update in optimizer_step) with the callbacks
-       launch/train.py always adds (TrainMetrics, DataStatsLogger); batches from the latent cache, so no VAE.
-plain: a diffusers-style loop (train_text_to_image.py's shape): DDPMScheduler.add_noise / get_velocity, the
-       same UNet under torch.autocast, MSE on v, loss.backward(), clip_grad_norm_(1.0), AdamW; no EMA.
+       (precision plugin; zsnr.training.step.train_step: the objective, clipping at 1.0, AdamW, the EMA) with the
+       callbacks launch/train.py always adds (TrainMetrics, DataStatsLogger); batches from the latent cache, so
+       no VAE.
+plain: no Lightning, no callbacks, no EMA: a diffusers-style objective (train_text_to_image.py's shape:
+       DDPMScheduler.add_noise / get_velocity, the same UNet under torch.autocast, MSE on v) through the same
+       train_step (backward, clipping at 1.0, AdamW): the update exists once, so the two cannot drift.
 Both read the same pinned latent batch each step (host to device, as from a DataLoader). Timing: the device is
 synchronised after every step; warmup steps are left out; a step budget in seconds ends a run. `clock` is
 time.perf_counter, or on a shared CPU time.process_time (the process's CPU seconds: robust to other jobs). FLOPs: the last
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from zsnr.models.unet import input_memory_format
+from zsnr.training.step import OneProcess, Update, train_step
 
 TRAINER_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "trainer" / "default.yaml"
 ZERO_SNR = {"betas": "scaled_linear", "rescale_zero_terminal_snr": True, "prediction_type": "v_prediction"}
@@ -47,6 +50,12 @@ class Variant:
     cudnn_benchmark: bool = False
     callbacks: bool = True  # ours: launch/train.py's per-step callbacks on
     count_flops: bool = False
+    fused_adamw: bool = False  # torch's fused AdamW (no per-parameter host work)
+    compile_objective: bool = (
+        False  # torch.compile the whole micro-batch objective (ours: encode, noise, UNet,
+    )
+    # loss; plain: its objective), instead of compile's block by block
+    cuda_graphs: bool = False  # compile_objective with mode="reduce-overhead" (CUDA graphs)
 
 
 @dataclass
@@ -170,28 +179,47 @@ def run_ours(module: pl.LightningModule, v: Variant, batch: dict, device: torch.
     return _timing(timer.times, warmup, v.batch, device, timer.flops)
 
 
-def plain_step(unet: torch.nn.Module, optimizer, scheduler, batch: dict, device: torch.device,
-               bf16: bool, count: bool = False) -> float | None:  # fmt: skip
-    """One step of a diffusers-style training loop; returns the FLOPs of its forward + backward if `count`."""
-    mean = batch["latent_mean"].to(device, non_blocking=True)
-    latents = mean + batch["latent_std"].to(device, non_blocking=True) * torch.randn_like(mean)  # a sample
-    text = batch["text_states"].to(device, non_blocking=True)
-    noise = torch.randn_like(latents)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
-    noisy = scheduler.add_noise(latents, noise, t).contiguous(memory_format=input_memory_format(unet))
-    target = scheduler.get_velocity(latents, noise, t)
-    counter = FlopCounterMode(display=False) if count else None
-    if counter is not None:
-        counter.__enter__()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        pred = unet(noisy, t, encoder_hidden_states=text).sample
-    F.mse_loss(pred.float(), target.float()).backward()
-    if counter is not None:
-        counter.__exit__(None, None, None)
-    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops()) if counter is not None else None
+def plain_objective(unet: torch.nn.Module, scheduler, device: torch.device, bf16: bool):
+    """A diffusers-style objective (train_text_to_image.py's shape) on a latent batch: per-sample MSE on v."""
+
+    def objective(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = batch["latent_mean"].to(device, non_blocking=True)
+        latents = mean + batch["latent_std"].to(device, non_blocking=True) * torch.randn_like(
+            mean
+        )  # a sample
+        text = batch["text_states"].to(device, non_blocking=True)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+        noisy = scheduler.add_noise(latents, noise, t).contiguous(memory_format=input_memory_format(unet))
+        target = scheduler.get_velocity(latents, noise, t)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = unet(noisy, t, encoder_hidden_states=text).sample
+        return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)), t
+
+    return objective
+
+
+class _CountForwardBackward(OneProcess):
+    """One process, counting the FLOPs of the forward (entered by the caller) and the backward."""
+
+    def __init__(self, counter: FlopCounterMode) -> None:
+        self.counter = counter
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        self.counter.__exit__(None, None, None)
+
+
+def plain_step(update: Update, objective, batch: dict, count: bool = False) -> float | None:
+    """One step of the plain loop: train_step on `objective`; returns the FLOPs of forward + backward if
+    `count`."""
+    if not count:
+        train_step(update, [batch], objective)
+        return None
+    counter = FlopCounterMode(display=False)
+    counter.__enter__()
+    train_step(update, [batch], objective, _CountForwardBackward(counter))
+    return float(counter.get_total_flops())
 
 
 def run_plain(unet: torch.nn.Module, v: Variant, batch: dict, device: torch.device, warmup: int,
@@ -207,7 +235,13 @@ def run_plain(unet: torch.nn.Module, v: Variant, batch: dict, device: torch.devi
     )  # fmt: skip  (diffusion=zero_snr, diffusers' way)
     torch.backends.cudnn.benchmark = v.cudnn_benchmark
     unet.to(device).train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=1e-4, weight_decay=1e-2, fused=True if v.fused_adamw else None
+    )
+    update = Update(list(unet.parameters()), optimizer, max_grad_norm=1.0)
+    objective = plain_objective(unet, scheduler, device, v.precision == "bf16-mixed")
+    if v.compile_objective:
+        objective = torch.compile(objective, mode="reduce-overhead" if v.cuda_graphs else None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times: list[float] = []
@@ -215,7 +249,7 @@ def run_plain(unet: torch.nn.Module, v: Variant, batch: dict, device: torch.devi
     try:
         while not _done(times, warmup, seconds, max_steps):
             count = v.count_flops and len(times) == warmup - 1
-            f = plain_step(unet, optimizer, scheduler, batch, device, v.precision == "bf16-mixed", count)
+            f = plain_step(update, objective, batch, count)
             flops = f if count else flops
             _sync(device)
             times.append(clock())

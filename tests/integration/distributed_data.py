@@ -6,6 +6,7 @@ steps, in the same grouping: step s averages batches s*W*A ... s*W*A + W*A - 1 e
 of micro-batches consumed is part of the checkpoint.
 
 LossRecorder: every rank writes (global micro-batch index, optimizer step, loss) for each micro-batch it ran.
+Both are what launch/train.py gives a datamodule: micro_batches_per_step groups the micro-batches into windows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from training_helpers import brightness_batch
+
+from zsnr.data.datamodule import Windows
 
 
 class _Stream(torch.utils.data.IterableDataset):
@@ -33,9 +36,12 @@ class _Stream(torch.utils.data.IterableDataset):
 
 
 class IndexedBatches(pl.LightningDataModule):
-    def __init__(self, batch_size: int = 4, resolution: int = 32, **_: Any) -> None:
+    def __init__(
+        self, batch_size: int = 4, resolution: int = 32, micro_batches_per_step: int = 1, **_: Any
+    ) -> None:
         super().__init__()
         self.batch_size, self.resolution = batch_size, resolution
+        self.micro_batches_per_step = micro_batches_per_step
         self.consumed = 0
 
     has_val_data = True
@@ -48,10 +54,11 @@ class IndexedBatches(pl.LightningDataModule):
 
     def train_dataloader(self):
         stream = _Stream(self, self.trainer.global_rank, self.trainer.world_size)
-        return torch.utils.data.DataLoader(stream, batch_size=None)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None)
+        return Windows(loader, self.micro_batches_per_step)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        self.consumed += 1
+        self.consumed += len(batch)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -67,9 +74,11 @@ class LossRecorder(pl.Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        index = (pl_module.micro_step - 1) * trainer.world_size + trainer.global_rank
-        loss = outputs["per_sample_loss"].mean()  # "loss" itself comes back divided by the accumulation
-        self.rows.append({"index": index, "step": trainer.global_step, "loss": float(loss)})
+        losses = pl_module.last_step.micro_losses.tolist()
+        first = pl_module.micro_step - len(losses)
+        for i, loss in enumerate(losses):
+            index = (first + i) * trainer.world_size + trainer.global_rank
+            self.rows.append({"index": index, "step": trainer.global_step, "loss": loss})
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

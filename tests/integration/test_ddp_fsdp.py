@@ -85,7 +85,7 @@ def reference(tmp_path_factory) -> Path:
         out = launch_module("train").train(cfg)
     finally:
         torch.set_num_threads(threads)
-    assert out["trainer"].accumulate_grad_batches == 2
+    assert out["trainer"].datamodule.micro_batches_per_step == 2  # windows of 2 micro-batches
     return run_dir
 
 

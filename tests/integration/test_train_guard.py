@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from training_helpers import TINY_SPEC, ZERO_SNR
 
+from zsnr.data.datamodule import Windows
 from zsnr.training import AtomicCheckpoint, DiffusionModule
 
 NAN = float("nan")
@@ -29,13 +30,12 @@ def _fit(values, steps, accumulate=1, callbacks=(), **module_kwargs):
     before = [p.detach().clone() for p in module.unet.parameters()]
     data = Sequence(values)
     trainer = pl.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, gradient_clip_val=1.0,
-        enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=accumulate,
-        callbacks=list(callbacks),
+        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
     )  # fmt: skip
     error = None
     try:
-        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=None))
+        trainer.fit(module, Windows(torch.utils.data.DataLoader(data, batch_size=None), accumulate))
     except RuntimeError as exn:
         error = exn
     changed = any(not torch.equal(a, b) for a, b in zip(before, module.unet.parameters(), strict=True))
@@ -52,8 +52,8 @@ def test_skipped_steps_are_not_steps_and_the_run_still_makes_max_steps_updates()
     assert error is None and changed
     assert trainer.global_step == clean_trainer.global_step == 3
     assert taken >= 5  # 3 real steps needed 5 batches (Lightning may prefetch one more)
-    assert module.skipped_steps == 2 and module.consecutive_skips == 0
-    assert module.ema_schedule.updates == clean.ema_schedule.updates == 3
+    assert module.skips.skipped == 2 and module.skips.consecutive == 0
+    assert module.ema.schedule.updates == clean.ema.schedule.updates == 3
     assert _adam_steps(trainer) == _adam_steps(clean_trainer) == {3}
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == 3  # the warmup counts real updates only
@@ -63,7 +63,7 @@ def test_skipped_steps_are_not_steps_and_the_run_still_makes_max_steps_updates()
 def test_a_bad_micro_batch_skips_its_whole_accumulation_window():
     module, trainer, taken, changed, error = _fit([NAN, 0.5], steps=1, accumulate=2)
     assert error is None and changed
-    assert trainer.global_step == 1 and module.skipped_steps == 1 and module.ema_schedule.updates == 1
+    assert trainer.global_step == 1 and module.skips.skipped == 1 and module.ema.schedule.updates == 1
     assert taken >= 4  # window 1 (nan, good) skipped, window 2 (good, good) applied
     assert _adam_steps(trainer) == {1}
 
@@ -71,7 +71,7 @@ def test_a_bad_micro_batch_skips_its_whole_accumulation_window():
 def test_nan_loss_stops_after_k_skipped_steps_in_a_row_with_the_weights_untouched():
     module, trainer, _, changed, error = _fit([NAN], steps=10, max_consecutive_skips=3)
     assert error is not None and "3 optimizer steps in a row had a non-finite loss" in str(error)
-    assert not changed and module.skipped_steps == 3 and module.ema_schedule.updates == 0
+    assert not changed and module.skips.skipped == 3 and module.ema.schedule.updates == 0
     assert trainer.global_step == 0 and not trainer.optimizers[0].state
 
 
@@ -83,7 +83,7 @@ def test_non_finite_gradients_are_dropped_before_the_optimizer():
                          enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     with pytest.raises(RuntimeError, match="4 optimizer steps in a row"):
         trainer.fit(module, torch.utils.data.DataLoader(Sequence([0.5]), batch_size=None))
-    assert module.skipped_steps == 4 and module.last_grad_norm == float("inf")
+    assert module.skips.skipped == 4 and float(module.last_step.grad_norm) == float("inf")
     for a, b in zip(before, module.unet.parameters(), strict=True):
         assert torch.equal(a, b)
 

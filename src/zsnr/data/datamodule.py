@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,12 @@ log = logging.getLogger("zsnr.data")
 STATE_VERSION = 1
 
 
-RUN_KEYS = {"resolution": "model.resolution", "batch_size": "micro_batch_size", "seed": "seed"}
+RUN_KEYS = {
+    "resolution": "model.resolution",
+    "batch_size": "micro_batch_size",
+    "seed": "seed",
+    "micro_batches_per_step": "global_batch_size",
+}
 
 
 def check_no_run_keys(data_cfg: Mapping[str, Any], where: Mapping[str, str] = RUN_KEYS) -> None:
@@ -58,7 +64,9 @@ class WebDataModule(pl.LightningDataModule):
     zsnr.data.http_shards); shards that fail count against max_bad_shard_fraction; missing local shards and
     404s among the first http_preflight http URLs of each source raise when the datamodule is made. Under
     Lightning, leave on_before_batch_transfer to this class (or call mark_consumed(batch) from the
-    LightningModule's own hook): it is how resume knows what was used.
+    LightningModule's own hook): it is how resume knows what was used. micro_batches_per_step: None, batches
+    one by one; n, the training loader hands out lists of n micro-batches, one per optimizer step (the window
+    zsnr.training.step.train_step accumulates over).
     """
 
     def __init__(
@@ -92,8 +100,10 @@ class WebDataModule(pl.LightningDataModule):
         val_synthetic: Mapping[str, Any] | None = None,
         buckets: BucketSpec | Mapping[str, Any] | None = None,
         size_multiple: int = 1,
+        micro_batches_per_step: int | None = None,
     ):
         super().__init__()
+        self.micro_batches_per_step = micro_batches_per_step
         self.buckets = BucketSpec.from_any(buckets)
         self.sizes = bucket_sizes(resolution, self.buckets)  # (w, h) of its images; a bad setting fails now
         if self.buckets is not None:
@@ -243,12 +253,15 @@ class WebDataModule(pl.LightningDataModule):
         kwargs: dict[str, Any] = dict(num_workers=self.num_workers, pin_memory=pin)
         if self.num_workers > 0:
             kwargs["prefetch_factor"] = self.prefetch_factor
-        return ResumableLoader(self.dataset, self.tracker, track_on_yield=self.trainer is None, **kwargs)
+        loader = ResumableLoader(self.dataset, self.tracker, track_on_yield=self.trainer is None, **kwargs)
+        return loader if self.micro_batches_per_step is None else Windows(loader, self.micro_batches_per_step)
 
     # ---- consumption, stats, resume ---------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, dict) and (self.trainer is None or self.trainer.training):
-            self.mark_consumed(batch)
+        if self.trainer is None or self.trainer.training:
+            for micro_batch in batch if isinstance(batch, list) else [batch]:
+                if isinstance(micro_batch, dict):
+                    self.mark_consumed(micro_batch)
         return batch
 
     def mark_consumed(self, batch: dict[str, Any]) -> None:
@@ -298,3 +311,21 @@ class WebDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         expected = {"version": STATE_VERSION, "fingerprint": self._fingerprint()}
         self.tracker.restore(state, expected, rank, world, self.stream_kwargs["seed"])
+
+
+class Windows:
+    """A loader's micro-batches in lists of `size`, one list per optimizer step; the last list of a finite pass
+    may be shorter."""
+
+    def __init__(self, loader: Any, size: int) -> None:
+        if int(size) != size or size < 1:
+            raise ValueError(f"micro_batches_per_step must be an integer >= 1, got {size}")
+        self.loader, self.size = loader, int(size)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while window := list(itertools.islice(batches, self.size)):
+            yield window
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.loader) / self.size)

@@ -1,7 +1,7 @@
 """Callbacks: what the training step should not carry (metrics, data statistics, sample images).
 
-They act right after an optimizer step was applied: DiffusionModule.stepped says so (the module owns the
-step accounting; a step skipped for a non-finite loss is not one).
+They read what the latest step did from DiffusionModule.last_step (zsnr.training.step.StepResult) and act
+after applied steps only (every_n_steps: a step skipped for a non-finite loss is not one).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from zsnr.data import WebDataModule, summary_line
 from zsnr.models.pipeline import DTYPES, mean_brightness, resolve_dtype
+from zsnr.training.step import every_n_steps
 
 log = logging.getLogger("zsnr.train")
 
@@ -41,6 +43,7 @@ class TrainMetrics(pl.Callback):
         self.images_per_step = images_per_step
         self.every_n_steps = every_n_steps
         self.buckets = buckets
+        self.last_loss: float | None = None  # the latest interval's mean loss, for the progress bar
         self._reset(time.perf_counter(), 0)
 
     def _reset(self, now: float, step: int) -> None:
@@ -51,19 +54,18 @@ class TrainMetrics(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset(time.perf_counter(), trainer.global_step)
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args
-    ) -> None:
-        if isinstance(outputs, dict) and "per_sample_loss" in outputs:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        result = pl_module.last_step
+        if result is not None:
             # summed where the loss is (no device-to-host copy, so no wait for the step, until a log line)
-            T, device = pl_module.schedule.num_timesteps, outputs["per_sample_loss"].device
+            T, device = pl_module.schedule.num_timesteps, result.per_sample_loss.device
             if self._sums.device != device:
                 self._sums, self._counts = self._sums.to(device), self._counts.to(device)
-            bucket = outputs["timesteps"] * self.buckets // T
-            self._sums.index_add_(0, bucket, outputs["per_sample_loss"].double())
+            bucket = result.timesteps * self.buckets // T
+            self._sums.index_add_(0, bucket, result.per_sample_loss.double())
             self._counts.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
         step = trainer.global_step
-        if not pl_module.stepped or step == self._since_step or step % self.every_n_steps:
+        if not every_n_steps(result, step, self.every_n_steps) or step == self._since_step:
             return
         now = time.perf_counter()
         seconds = (now - self._since) / (step - self._since_step)
@@ -71,8 +73,8 @@ class TrainMetrics(pl.Callback):
             "train/step_time_s": seconds,
             "train/images_per_s": self.images_per_step / seconds,
             "train/lr": trainer.optimizers[0].param_groups[0]["lr"],
-            "train/grad_norm": pl_module.last_grad_norm,
-            "train/skipped_steps": float(pl_module.skipped_steps),
+            "train/grad_norm": float(result.grad_norm),
+            "train/skipped_steps": float(pl_module.skips.skipped),
         }
         width = pl_module.schedule.num_timesteps // self.buckets
         sums, counts = self._sums.tolist(), self._counts.tolist()
@@ -82,12 +84,24 @@ class TrainMetrics(pl.Callback):
         loss = sum(sums) / sum(counts) if sum(counts) else float("nan")
         metrics["train/loss"] = loss  # the mean over the interval's samples (this rank's)
         log_metrics(trainer, metrics)
-        # the live progress bar's loss; per interval, not per step: Lightning's self.log cost 2% of a tiny CPU step
-        pl_module.log("train/loss", loss, prog_bar=True, logger=False)
+        self.last_loss = loss
         if trainer.is_global_zero and not sys.stdout.isatty():  # logs and pipes: no live progress bar there
             print(f"step {step}/{trainer.max_steps}  loss {loss:.4f}  {metrics['train/images_per_s']:.1f} "
                   f"images/s  lr {metrics['train/lr']:.2e}", flush=True)  # fmt: skip
         self._reset(now, step)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's live bar, showing TrainMetrics' latest interval loss. Not through self.log: Lightning keeps a
+    logged value as a tensor on the module's device and reads it back for the bar at every batch, a device
+    sync per step."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        losses = [c.last_loss for c in trainer.callbacks if isinstance(c, TrainMetrics)]
+        if losses and losses[0] is not None:
+            metrics["train/loss"] = f"{losses[0]:.4f}"
+        return metrics
 
 
 class DataStatsLogger(pl.Callback):
@@ -102,9 +116,9 @@ class DataStatsLogger(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
     ) -> None:
         datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(datamodule, WebDataModule) or not pl_module.stepped:
+        if not isinstance(datamodule, WebDataModule):
             return
-        if trainer.global_step % self.every_n_steps == 0:
+        if every_n_steps(pl_module.last_step, trainer.global_step, self.every_n_steps):
             names = sorted(datamodule.stats)  # every rank has every counter (DataStats starts them all at 0)
             counts = torch.tensor(
                 [datamodule.stats[n] for n in names], dtype=torch.float64, device=pl_module.device
@@ -166,7 +180,7 @@ class SampleGrid(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if self.every_n_steps and pl_module.stepped and step % self.every_n_steps == 0 and step != self._done:
+        if every_n_steps(pl_module.last_step, step, self.every_n_steps) and step != self._done:
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

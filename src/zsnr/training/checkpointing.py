@@ -29,6 +29,8 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from zsnr.training.step import every_n_steps
+
 LAST = "last.ckpt"
 
 
@@ -149,8 +151,8 @@ class AtomicCheckpoint(pl.Callback):
         self._saved_step = -1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        # only right after an applied optimizer step: never mid-accumulation, never for a skipped step
-        if pl_module.stepped and trainer.global_step % self.every_n_steps == 0:
+        # only right after an applied optimizer step, never for a skipped one
+        if every_n_steps(pl_module.last_step, trainer.global_step, self.every_n_steps):
             self.save(trainer, trainer.global_step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

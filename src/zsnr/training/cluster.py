@@ -33,6 +33,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from zsnr.training.step import every_n_steps
+
 log = logging.getLogger("zsnr.cluster")
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -79,7 +81,7 @@ class SlurmRequeue(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if not pl_module.stepped:  # every rank is at the same place only right after an optimizer step
+        if not every_n_steps(pl_module.last_step, step, 1):  # every rank at the same applied step
             return
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):  # any rank signalled
             return

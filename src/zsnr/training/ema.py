@@ -81,6 +81,29 @@ class EMASchedule:
         self.pending = int(saved.get("ema_pending", 0))
 
 
+class EMA:
+    """The average of `model`'s weights kept in `average` (same layout), and when it takes them in: `step()` after
+    every applied optimizer step (zsnr.training.step.train_step)."""
+
+    def __init__(self, average: torch.nn.Module, model: torch.nn.Module, schedule: EMASchedule) -> None:
+        self.average, self.model, self.schedule = average, model, schedule
+        self._lists: tuple[tuple[torch.Tensor, ...], list, list] | None = None
+
+    def step(self) -> None:
+        decay = self.schedule.step()  # every every_n_steps applied steps, with their decay in one
+        if decay is not None:
+            ema_update_(*self._pairs(), decay)
+
+    def _pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(average, model) parameters, listed once and again only when a module's tensors were replaced (FSDP's
+        sharding in configure_model): walking both module trees at every step cost ~12 ms of a 184 ms tiny-UNet
+        step under cProfile on a CPU (the overhead benchmark)."""
+        firsts = (next(self.average.parameters()), next(self.model.parameters()))
+        if self._lists is None or any(a is not b for a, b in zip(self._lists[0], firsts, strict=True)):
+            self._lists = (firsts, list(self.average.parameters()), list(self.model.parameters()))
+        return self._lists[1], self._lists[2]
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t  # DTensor -> this rank's shard
 

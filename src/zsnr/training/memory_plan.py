@@ -1,7 +1,7 @@
 """How much memory a training step needs per device, before any weight is loaded: `launch/plan_memory.py`.
 
-The step is traced, not run: DiffusionModule's own training_step, backward, gradient clipping, AdamW and
-the EMA update on fake tensors (torch's FakeTensorMode: shapes and dtypes, no storage), under PyTorch's memory
+The step is traced, not run: zsnr.training.step.train_step itself (DiffusionModule's objective per
+micro-batch, backward, the gradient norm, clipping, AdamW, the EMA update) on fake tensors (torch's FakeTensorMode: shapes and dtypes, no storage), under PyTorch's memory
 tracker (torch.distributed._tools.MemTracker), which attributes every tensor alive at the peak to parameters,
 gradients, optimizer state, activations or temporaries. Model parts come from configs only (a diffusers folder's
 config.json files, or SD 2.1's published layout), so SD 2.1 plans in a minute on a laptop.
@@ -22,6 +22,7 @@ What the trace knows and what it assumes:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,8 +106,8 @@ def plan_memory(
     AdamW), "cpu" for a CPU run; `latents`: batches from the latent cache (no VAE encode in the step)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from zsnr.training.ema import ema_update_
     from zsnr.training.module import DiffusionModule
+    from zsnr.training.step import Update, train_step
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -121,8 +122,6 @@ def plan_memory(
     gpu = accelerator != "cpu"
     parts, notes = weightless_components(model)  # on the meta device
     module = DiffusionModule(model, diffusion, components=parts, ema_on_cpu=ema_on_cpu)
-    module.log = lambda *a, **k: None  # no Trainer: nothing to log to
-    module._finite_on_every_rank = lambda loss: True  # a data-dependent branch; a fake loss has no value
     unet, ema = module.unet, module.ema_unet
     frozen = [parts.autoencoder, parts.text_encoder]
     with FakeTensorMode(allow_non_fake_inputs=True):
@@ -140,20 +139,15 @@ def plan_memory(
         tracker.track_external(unet, *frozen, optimizer, *([] if ema_on_cpu else [ema]))
         autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
         hooks = follow_cuda_autocast(unet, *frozen) if gpu and dtype is not None else []
-        step = _Forward(module, batch)
-        with tracker:
-            for _ in range(min(accumulation, 2)):  # the second micro-batch runs with gradients allocated
-                tracker.reset_mod_stats()  # per-module statistics are per call; the totals are kept
-                with autocast:
-                    loss = step()
-                (loss / accumulation).backward()
-                del loss
-            backward_peak = _total(tracker.get_tracker_snapshot("peak"))
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0, foreach=gpu)  # Lightning's clipping
-            optimizer.step()
-            if not ema_on_cpu:  # on the host, the update stages 256 MiB chunks there (zsnr.training.ema)
-                ema_update_(ema.parameters(), unet.parameters(), 0.9999)
-            optimizer.zero_grad(set_to_none=strategy != "ddp")
+        backward_peak = []  # the peak before the optimizer step: which phase the step's peak is in
+        optimizer.register_step_pre_hook(
+            lambda *_: backward_peak.append(_total(tracker.get_tracker_snapshot("peak")))
+        )
+        update = Update(list(unet.parameters()), optimizer, ema=None if ema_on_cpu else module.ema)
+        # on the host (ema_on_cpu), the EMA update stages 256 MiB chunks there (zsnr.training.ema): not traced
+        window = [batch] * min(accumulation, 2)  # the second micro-batch runs with gradients allocated
+        with tracker, autocast:
+            train_step(update, window, _Objective(module, tracker), _Tracing())
         peak = tracker.get_tracker_snapshot("peak")
         for part in frozen:
             part.requires_grad_(False)
@@ -165,7 +159,7 @@ def plan_memory(
             "frozen": sum(_module_bytes(p) for p in frozen),
         }
     plan = _breakdown(peak, sizes, _bytes(optimizer_state(optimizer)))
-    phase = "optimizer step" if _total(peak) > backward_peak else "forward / backward"
+    phase = "optimizer step" if _total(peak) > backward_peak[0] else "forward / backward"
     setup = {"model": model.get("kind"), "resolution": int(model["resolution"]), "micro_batch_size": micro_batch_size,
              "precision": precision, "strategy": strategy, "world_size": world_size, "accumulation": accumulation,
              "accelerator": accelerator, "latents": latents, "ema_on_cpu": ema_on_cpu}  # fmt: skip
@@ -197,16 +191,36 @@ def peak_tracker():
     return _peak_tracker_class()()  # torch.distributed._tools is imported only when a plan is made
 
 
-class _Forward(nn.Module):
-    """training_step as one module call: MemTracker takes a second call of a top-level module (the text
-    encoder: captions, then the empty caption) for the next iteration."""
+class _Objective(nn.Module):
+    """The module's micro-batch loss as one module call: MemTracker takes a second call of a top-level module
+    (the text encoder: captions, then the empty caption) for the next iteration. Its per-module statistics
+    are per call (the totals are kept), so they are reset before each."""
 
-    def __init__(self, module: nn.Module, batch: dict[str, Any]) -> None:
+    def __init__(self, module: nn.Module, tracker: Any) -> None:
         super().__init__()
-        self.step, self.batch = module.training_step, batch  # not a child: no parameters of its own
+        self.loss, self.tracker = module.micro_batch_loss, tracker  # not a child: no parameters of its own
 
-    def forward(self) -> torch.Tensor:
-        return self.step(self.batch, 0)["loss"]
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loss(batch)
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.tracker.reset_mod_stats()
+        return super().__call__(batch)
+
+
+class _Tracing:
+    """train_step's data-parallel side while tracing: one process (DDP's buckets are its gradients, allocated
+    before the step as under gradient_as_bucket_view), and every step applied (a fake tensor has no value to
+    decide on)."""
+
+    def gradient_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def all_finite(self, bad: torch.Tensor) -> bool:
+        return True
 
 
 def fake_tensors(module: nn.Module) -> None:

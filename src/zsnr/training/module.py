@@ -26,10 +26,10 @@ from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
 from zsnr.models.unet import input_memory_format
 from zsnr.training.checkpointing import restore_rng_states, rng_states
-from zsnr.training.ema import EMASchedule, ema_update_
+from zsnr.training.ema import EMA, EMASchedule
 from zsnr.training.init_weights import apply_init_weights, load_init_weights
-from zsnr.training.parallel import EMA_ON_CPU_UNDER_FSDP, parallelize_unet
-from zsnr.training.steps import grad_norm, uncount_optimizer_step
+from zsnr.training.parallel import EMA_ON_CPU_UNDER_FSDP, LightningDataParallel, parallelize_unet
+from zsnr.training.step import SkipCounter, StepResult, Update, train_step
 
 
 class DiffusionModule(pl.LightningModule):
@@ -54,11 +54,16 @@ class DiffusionModule(pl.LightningModule):
         init_from: str | None = None,
         init_weights: str = "ema",
         max_consecutive_skips: int = 10,
+        max_grad_norm: float | None = 1.0,
+        fused_adamw: bool = False,
         components: Components | None = None,
     ) -> None:
         """`components`: model parts already built for `model` (the memory planner's weightless ones); None
-        builds them from the spec."""
+        builds them from the spec. max_grad_norm: clip the gradients' total norm to it (None or 0: no clipping).
+        fused_adamw: torch's fused AdamW kernel (one kernel for all parameters, no per-parameter host work;
+        the fast choice on GPUs) instead of its default foreach implementation."""
         super().__init__()
+        self.automatic_optimization = False  # the update is train_step's, written out in one function
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if lr_schedule == "cosine" and not total_steps:
@@ -97,19 +102,28 @@ class DiffusionModule(pl.LightningModule):
         self._frozen = frozen
         self._abar = self.schedule.alphas_cumprod().float()
         self._empty_text: torch.Tensor | None = None
-        # Step accounting has this one owner (callbacks read it, checkpoints keep it):
-        self.micro_step = 0  # training_step calls so far: seeds this step's noise, timesteps and dropout
-        self.ema_schedule = ema_schedule  # EMA updates and the optimizer steps they took in
-        self.skipped_steps = 0  # optimizer steps not taken for a non-finite loss or gradient
-        self.consecutive_skips = 0
-        self.stepped = False  # did the weights change in this batch (an optimizer step was applied)?
-        self.last_grad_norm = float("nan")
-        self._grad_norm: torch.Tensor | None = None  # as a tensor, for the clipping that follows
-        self._bad_loss = False  # a micro-batch of the current accumulation window had a non-finite loss
-        self._skip_step = False  # the decision for the optimizer step in progress
+        # The step's state besides Lightning's global_step (applied optimizer steps); checkpoints keep it:
+        self.micro_step = 0  # micro-batches so far: seeds each one's noise, timesteps and dropout
+        self.ema = EMA(self.ema_unet, self.unet, ema_schedule)  # updates and the steps they took in
+        self.skips = SkipCounter(max_consecutive_skips)
+        self.last_step: StepResult | None = None  # what the latest step did: callbacks read it
+        self._dp = LightningDataParallel(self)
 
     # -- the training step -------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+    def training_step(self, window: list[dict[str, Any]] | dict[str, Any], batch_idx: int) -> None:
+        """One optimizer step over a window of micro-batches (a lone batch is a window of one): the update is
+        zsnr.training.step.train_step; callbacks read its result as `last_step`."""
+        update = Update(
+            self._params(), self.optimizers(), self.lr_schedulers(), self.ema, self.hparams.max_grad_norm,
+            self.skips, self.trainer.global_step,
+        )  # fmt: skip
+        self.last_step = train_step(
+            update, window if isinstance(window, list) else [window], self.micro_batch_loss, self._dp
+        )
+
+    def micro_batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective on one micro-batch: (per-sample loss [B], timesteps [B]). Reads top to bottom: encode,
+        drop captions, pick t, draw noise, predict, loss."""
         g = self._step_generator()  # a function of (seed, rank, micro-step): resumes exactly
         x0, text = self.encode_batch(batch, g)  # a posterior sample, from the frozen encoders or the cache
         b, dev = x0.shape[0], x0.device
@@ -121,14 +135,8 @@ class DiffusionModule(pl.LightningModule):
             noise = noise + self.schedule.offset_noise * torch.randn(
                 b, x0.shape[1], 1, 1, generator=g, device=dev
             )
-        per_sample = self.per_sample_loss(x0, text, t, noise)
-        loss = per_sample.mean()
-        self.micro_step += 1  # the loss is logged by TrainMetrics, per timestep bucket and as a mean
-        if not self._finite_on_every_rank(loss):
-            # no backward; the whole optimizer step this micro-batch belongs to is skipped
-            self._bad_loss = True
-            return None
-        return {"loss": loss, "per_sample_loss": per_sample.detach(), "timesteps": t}
+        self.micro_step += 1
+        return self.per_sample_loss(x0, text, t, noise), t
 
     def per_sample_loss(
         self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
@@ -175,10 +183,6 @@ class DiffusionModule(pl.LightningModule):
         finally:
             self.unet.train(was_training)
         return sums, counts
-
-    def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
-        finite = bool(torch.isfinite(loss))
-        return self._trainer.strategy.reduce_boolean_decision(finite, all=True) if self._trainer else finite
 
     # -- frozen encoders -----------------------------------------------------------------------------------
     @property
@@ -248,76 +252,6 @@ class DiffusionModule(pl.LightningModule):
         key = hash((int(self.hparams.seed), index)) % (2**63)
         return torch.Generator(device=self.device).manual_seed(key)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self.stepped = False
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """After the window's last backward, before clipping and AdamW: decide whether this step is taken. A
-        non-finite loss in any micro-batch of the window, or a non-finite gradient norm (the same on every rank:
-        gradients are reduced, the FSDP2 norm is global), drops the gradients, so AdamW changes nothing."""
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        self._grad_norm = grad_norm(params)
-        self.last_grad_norm = float(self._grad_norm)
-        self._skip_step = self._bad_loss or not math.isfinite(self.last_grad_norm)
-        if self._skip_step:
-            for p in params:
-                # AdamW leaves parameters without gradients untouched (no moment, step or decay)
-                p.grad = None
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:  # fmt: skip
-        """Clip by the norm on_before_optimizer_step measured, rather than measure it again (one pass over the
-        gradients, not two). Sharded gradients (FSDP2's DTensors) take Lightning's own clipping."""
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        norm = self._grad_norm
-        plain = norm is not None and all(type(p.grad) is torch.Tensor for p in params)
-        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and plain and not self._skip_step:
-            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
-        else:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Lightning's step (closure, on_before_optimizer_step, clipping, AdamW), then the EMA. A skipped step
-        is not a step: no EMA update, no LR-scheduler step (lr_scheduler_step), and global_step does not
-        advance, so the run still makes max_steps real updates and no checkpoint is written for it."""
-        self._skip_step = False
-        super().optimizer_step(*args, **kwargs)
-        self._bad_loss = False
-        if self._skip_step:
-            self.skipped_steps += 1
-            self.consecutive_skips += 1
-            if self.consecutive_skips >= self.hparams.max_consecutive_skips:
-                raise RuntimeError(
-                    f"{self.consecutive_skips} optimizer steps in a row had a non-finite loss or gradient (at step "
-                    f"{self.trainer.global_step}, {self.skipped_steps} skipped in all); stopping. Lower the learning "
-                    "rate, check the data (batch stats) and the precision setting, then resume from the last "
-                    "checkpoint."
-                )
-            uncount_optimizer_step(self.trainer)
-            return
-        self.consecutive_skips = 0
-        self.stepped = True
-        decay = self.ema_schedule.step()  # every ema_every_n_steps real steps, with their decay in one
-        if decay is not None:  # right after the weights changed, before any callback (checkpoints) sees it
-            ema_update_(*self._ema_pairs(), decay)
-
-    def _ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(EMA, UNet) parameters, listed once and again only when a module's tensors were replaced (FSDP's
-        sharding in configure_model): walking both module trees at every step cost ~12 ms of a 184 ms tiny-UNet
-        step under cProfile on a CPU (README, the overhead benchmark)."""
-        firsts = (next(self.ema_unet.parameters()), next(self.unet.parameters()))
-        cached = self.__dict__.get("_ema_lists")
-        if cached is None or any(a is not b for a, b in zip(cached[0], firsts, strict=True)):
-            cached = (firsts, list(self.ema_unet.parameters()), list(self.unet.parameters()))
-            self.__dict__["_ema_lists"] = cached
-        return cached[1], cached[2]
-
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        if not self._skip_step:  # the warmup / cosine position counts real updates only
-            scheduler.step()
-
     def configure_model(self) -> None:
         """Lightning calls this once the processes exist: compile / shard the UNet, and its EMA the same way."""
         mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None  # FSDP2 only
@@ -332,6 +266,9 @@ class DiffusionModule(pl.LightningModule):
         self.ema_unet.eval()  # the average is never in training mode
         return self
 
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizers().param_groups for p in group["params"]]
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.AdamW(
@@ -340,6 +277,7 @@ class DiffusionModule(pl.LightningModule):
             betas=tuple(hp.adam_betas),
             eps=hp.adam_eps,
             weight_decay=hp.weight_decay,
+            fused=True if hp.fused_adamw else None,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -358,9 +296,8 @@ class DiffusionModule(pl.LightningModule):
         checkpoint["zsnr"] = {
             "betas": self.schedule.make_betas(),
             "micro_step": self.micro_step,
-            **self.ema_schedule.state_dict(),
-            "skipped_steps": self.skipped_steps,
-            "consecutive_skips": self.consecutive_skips,
+            **self.ema.schedule.state_dict(),
+            **self.skips.state_dict(),
             "rng": rng_states(),
         }
         if "ema_unet" not in self._modules:  # ema_on_cpu: outside the tree, saved under the usual keys
@@ -378,13 +315,12 @@ class DiffusionModule(pl.LightningModule):
                 f"({self.schedule}). Resume with the run's own diffusion=... settings."
             )
         self.micro_step = int(saved.get("micro_step", 0))
-        self.ema_schedule.load_state_dict(saved)
+        self.ema.schedule.load_state_dict(saved)
         if "ema_unet" not in self._modules:  # ema_on_cpu: take the EMA out before Lightning loads the tree
             state = checkpoint["state_dict"]
             ema = {k[len("ema_unet.") :]: state.pop(k) for k in list(state) if k.startswith("ema_unet.")}
             self.ema_unet.load_state_dict(ema)
-        self.skipped_steps = int(saved.get("skipped_steps", 0))
-        self.consecutive_skips = int(saved.get("consecutive_skips", 0))
+        self.skips.load_state_dict(saved)
         if "rng" in saved:
             restore_rng_states(saved["rng"])
         for name, state in checkpoint.get("frozen", {}).items():

@@ -21,11 +21,15 @@ see the README's multi-node section for resuming on another world size and for c
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16}  # Lightning precision -> FSDP2 compute dtype; others: float32
 EMA_ON_CPU_UNDER_FSDP = (
@@ -109,3 +113,45 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+
+class LightningDataParallel:
+    """zsnr.training.step.train_step's view of the other ranks under the module's Lightning strategy.
+
+    gradient_sync(False): DDP's no_sync (Lightning's DDPStrategy wraps the LightningModule), FSDP2's
+    set_requires_gradient_sync(False) (the UNet's own), nothing in one process: the micro-batches before a
+    window's last accumulate their gradients locally and the last backward all-reduces (reduce-scatters) the
+    sum once. backward: Lightning's manual_backward (precision plugin, DDP's reducer). all_finite: the skip flag
+    agreed by every rank (one 1-element all-reduce) and read on the host, once per step.
+    """
+
+    def __init__(self, module: pl.LightningModule) -> None:
+        self.module = module
+
+    def gradient_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        if enabled:
+            return contextlib.nullcontext()
+        wrapped = self.module.trainer.strategy.model
+        if isinstance(wrapped, DistributedDataParallel):
+            return wrapped.no_sync()
+        if is_sharded(self.module.unet):
+            return _fsdp_no_gradient_sync(self.module.unet)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.module.manual_backward(loss)
+
+    def all_finite(self, bad: torch.Tensor) -> bool:
+        if self.module.trainer.world_size > 1:
+            bad = bad.float()
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        return not bool(bad)
+
+
+@contextlib.contextmanager
+def _fsdp_no_gradient_sync(unet: nn.Module) -> Iterator[None]:
+    unet.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        unet.set_requires_gradient_sync(True)

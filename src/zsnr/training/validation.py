@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from zsnr.training.callbacks import log_metrics
+from zsnr.training.step import every_n_steps
 
 
 def fixed_timesteps(num_timesteps: int, buckets: int) -> list[int]:
@@ -51,7 +52,7 @@ class ValidationLoss(pl.Callback):
             self.run(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self.every_n_steps and pl_module.stepped and trainer.global_step % self.every_n_steps == 0:
+        if every_n_steps(pl_module.last_step, trainer.global_step, self.every_n_steps):
             self.run(trainer, pl_module)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:

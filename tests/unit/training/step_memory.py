@@ -47,7 +47,7 @@ def main() -> None:
     rise = StepRise()
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=7, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0, callbacks=[rise],
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[rise],
     )  # fmt: skip
     trainer.fit(module, datamodule=FixedBatchData(batch_size=BATCH, resolution=32))
     print(json.dumps({"batch": BATCH, "rises": rise.rises, "rise": max(rise.rises)}))
