@@ -4,8 +4,11 @@ Exact on the CPU: the step's posterior draw, noise, timesteps and caption dropou
 rank, micro-step), the data stream resumes at its saved position (zsnr.data), and the accumulation
 (2 micro-batches per step) restarts at a step boundary. Tolerance: bit-for-bit (torch.equal). Both data paths:
 images through the frozen encoders, and the latent cache (posteriors drawn from in the step); and with the EMA
-updated every 2 steps in host memory (ema_every_n_steps, ema_on_cpu), stopped in the middle of a window.
+updated every 2 steps in host memory (ema_every_n_steps, ema_on_cpu), stopped in the middle of a window; and
+from a checkpoint whose loop state is laid out as zsnr wrote it under Lightning's automatic optimisation.
 """
+
+import copy
 
 import pytest
 import torch
@@ -19,14 +22,30 @@ def _state(path):
 
 
 EMA_OPTIONS = ["module.ema_every_n_steps=2", "module.ema_on_cpu=true"]
+AUTOMATIC = ["automatic optimisation's loop state"]  # a marker, not an override
+
+
+def _as_written_under_automatic_optimisation(path) -> None:
+    """The loop state as zsnr wrote it before train_step (read from a checkpoint of that version): the step
+    count in the automatic loop's optimizer progress, the manual loop's at 0."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    loops = checkpoint["loops"]["fit_loop"]
+    manual = loops["epoch_loop.manual_optimization.optim_step_progress"]
+    assert manual["total"]["completed"] == N
+    loops["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"] = copy.deepcopy(manual)
+    zero = {"ready": 0, "completed": 0}
+    loops["epoch_loop.manual_optimization.optim_step_progress"] = {"total": dict(zero), "current": dict(zero)}
+    torch.save(checkpoint, path)
 
 
 @pytest.mark.parametrize(
     "source, options",
-    [("images", []), ("latent_cache", []), ("images", EMA_OPTIONS)],
-    ids=["images", "latent_cache", "ema_every_2_on_cpu"],
+    [("images", []), ("latent_cache", []), ("images", EMA_OPTIONS), ("images", AUTOMATIC)],
+    ids=["images", "latent_cache", "ema_every_2_on_cpu", "automatic_optimisation_checkpoint"],
 )
 def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, data_root, source, options):
+    old_layout = options == AUTOMATIC
+    options = [] if old_layout else options
     train = launch_module("train").train
     common = []
     if source == "latent_cache":
@@ -48,6 +67,8 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, data_root, so
     if options:  # N = 3 steps, an update every 2: the run stopped with one step not yet in the EMA
         saved = _state(first["last_checkpoint"])["zsnr"]
         assert (saved["ema_updates"], saved["ema_steps"], saved["ema_pending"]) == (1, 2, 1)
+    if old_layout:
+        _as_written_under_automatic_optimisation(first["last_checkpoint"])
     resumed = train(
         compose("train", [*tiny_run(tmp_path / "b", data_root, steps=2 * N), *common, "resume=auto"])
     )

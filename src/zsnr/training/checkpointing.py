@@ -16,6 +16,7 @@ Lightning's default `TorchCheckpointIO` serialises the whole checkpoint into a B
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import random
@@ -250,3 +251,16 @@ def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
         return last.resolve()
     steps = sorted(directory.glob("step=*.ckpt"))
     return steps[-1] if steps else None
+
+
+def steps_under_manual_optimisation(checkpoint: dict[str, Any]) -> None:
+    """In place: a checkpoint written while zsnr's update ran under Lightning's automatic optimisation keeps
+    its optimizer-step count in the automatic loop's progress, where the manual loop (train_step's, which
+    Lightning's global_step reads now) does not look: it would resume at step 0. The count is copied across, so
+    such a checkpoint resumes at its own step. Checkpoints written since are left as they are."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    automatic = loops.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+    manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")
+    steps = automatic.get("step")
+    if steps and manual and manual["total"]["completed"] == 0 and steps["total"]["completed"] > 0:
+        loops["epoch_loop.manual_optimization.optim_step_progress"] = copy.deepcopy(steps)

@@ -25,7 +25,7 @@ from zsnr.models.autoencoders import sample_posterior
 from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
 from zsnr.models.unet import input_memory_format
-from zsnr.training.checkpointing import restore_rng_states, rng_states
+from zsnr.training.checkpointing import restore_rng_states, rng_states, steps_under_manual_optimisation
 from zsnr.training.ema import EMA, EMASchedule
 from zsnr.training.init_weights import apply_init_weights, load_init_weights
 from zsnr.training.parallel import EMA_ON_CPU_UNDER_FSDP, LightningDataParallel, parallelize_unet
@@ -308,6 +308,7 @@ class DiffusionModule(pl.LightningModule):
             checkpoint["frozen"] = {name: part.state_dict() for name, part in self._frozen.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        steps_under_manual_optimisation(checkpoint)  # before Lightning restores its loops from it
         saved = checkpoint.get("zsnr", {})
         if "betas" in saved and not torch.equal(saved["betas"].double(), self.schedule.make_betas()):
             raise ValueError(
