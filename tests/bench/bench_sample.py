@@ -234,8 +234,7 @@ def sd21_model(resolution: int = 512) -> InferenceModel:
     from diffusers import AutoencoderKL
 
     from zsnr.models import SD21_UNET, KLAutoencoder, OpenCLIPTextEncoder, build_unet
-    from zsnr.models.components import SD21_VAE
-    from zsnr.models.text import VIT_H14_TEXT
+    from zsnr.models.sd21 import SD21_VAE, VIT_H14_TEXT
 
     with torch.device("meta"):
         return InferenceModel(
