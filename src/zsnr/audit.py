@@ -4,7 +4,7 @@
 
 PATH is a diffusers model folder (with scheduler/scheduler_config.json), a scheduler folder, a
 scheduler_config.json, or an original-layout single file (.safetensors / .ckpt: the schedule from the .yaml
-beside it, else from its `v_pred` / `ztsnr` marker keys, else SD 2.x's; zsnr.single_file). The configured
+beside it, else from its `v_pred` / `ztsnr` marker keys, else SD 2.x's; zsnr.diffusers_interop). The configured
 scheduler class is instantiated from the config (offline, no weights)
 and asked what it would do: its betas give SNR(T) and sqrt(abar_T), and `set_timesteps(S)` gives the first
 timestep it samples at S = 10, 25, 50, with diffusers' own spacing rules and `steps_offset` (which differ
@@ -103,7 +103,7 @@ def first_timesteps(scheduler, steps: tuple[int, ...] = STEPS) -> dict[int, floa
 def audit(path: str | Path) -> Audit:
     path = Path(path).expanduser()
     if path.suffix in SINGLE_FILE_SUFFIXES:
-        from zsnr.single_file import scheduler_config  # torch-heavy: only for single files
+        from zsnr.diffusers_interop import scheduler_config  # only for single files
 
         if not path.is_file():
             raise FileNotFoundError(f"no single-file checkpoint at {path}")

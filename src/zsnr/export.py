@@ -22,16 +22,9 @@ from pathlib import Path
 
 from torch import nn
 
+from zsnr.diffusers_interop import ddim_scheduler
 from zsnr.models.ldm_keys import open_clip_text_to_hf
-from zsnr.models.schedule import Schedule
 from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, clip_tokenizer, write_bpe_files
-
-# zsnr.diffusion.make_betas kinds that diffusers builds the same way (same constants); others go as trained_betas
-DIFFUSERS_BETAS = {
-    "linear": {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
-    "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
-}
 
 
 def open_clip_to_clip_text_model(encoder: OpenCLIPTextEncoder) -> nn.Module:
@@ -71,33 +64,6 @@ def open_clip_to_clip_text_model(encoder: OpenCLIPTextEncoder) -> nn.Module:
         )
     model.load_state_dict({k: v.clone() for k, v in out.items()}, strict=False)
     return model.eval()
-
-
-def ddim_scheduler(schedule: Schedule):
-    """DDIMScheduler that samples like zsnr with this schedule; its betas are checked against zsnr's."""
-    from diffusers import DDIMScheduler
-
-    named = DIFFUSERS_BETAS.get(schedule.betas) if schedule.snr_shift == 1 else None
-    betas = named or {
-        "trained_betas": schedule.make_betas().float().tolist(),  # already rescaled when asked to be
-    }
-    scheduler = DDIMScheduler(
-        num_train_timesteps=schedule.num_timesteps,
-        **betas,
-        rescale_betas_zero_snr=schedule.rescale_zero_terminal_snr and "trained_betas" not in betas,
-        prediction_type=schedule.prediction_type,
-        timestep_spacing=schedule.spacing,
-        steps_offset=1,  # StableDiffusionPipeline forces 1; only "leading" reads it (then 901, not zsnr's 900)
-        clip_sample=False,
-        set_alpha_to_one=True,
-    )
-    # diffusers rescales in float32: its abar is within ~4e-7 of zsnr's float64 one
-    worst = (scheduler.alphas_cumprod.double() - schedule.alphas_cumprod()).abs().max().item()
-    if worst > 1e-5:
-        raise RuntimeError(
-            f"diffusers' DDIMScheduler abar differs from zsnr's for {schedule} by up to {worst:.3g}"
-        )
-    return scheduler
 
 
 def _drop_source_paths(out_dir: Path) -> None:

@@ -7,7 +7,7 @@ Writes NAME.safetensors in the layout SD 2.x was released in (`model.diffusion_m
 (A1111 and Forge read the yaml beside a checkpoint; diffusers takes it as `original_config`) with
 `parameterization: "v"` and SD's betas (`linear_start`/`linear_end`). Its `zsnr` section records the whole
 schedule (rescale to zero terminal SNR, trailing spacing, phi) for `python -m zsnr.audit` and
-`scheduler_from_yaml`; UIs read only `model`.
+`zsnr.diffusers_interop.scheduler_from_yaml`; UIs read only `model`.
 
 The yaml keeps SD's betas rather than the rescaled ones (LDM's `given_betas`) on purpose: those end at
 beta_T = 1, i.e. sigma_T = infinity, which the UIs' k-diffusion samplers cannot start from. The UIs rescale
@@ -24,13 +24,11 @@ from typing import Any
 
 import torch
 
-from zsnr.export import DIFFUSERS_BETAS, ddim_scheduler
+from zsnr.diffusers_interop import DIFFUSERS_BETAS, PARAMETERIZATION
 from zsnr.models.ldm_keys import TEXT_PREFIX, hf_text_to_open_clip, unet_to_ldm, vae_to_ldm
 from zsnr.models.schedule import Schedule
 from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder
 
-MARKERS = ("v_pred", "ztsnr")  # v-prediction; rescaled to zero terminal SNR
-PARAMETERIZATION = {"v_prediction": "v", "epsilon": "eps", "sample": "x0"}
 LDM_NORM_GROUPS = 32  # LDM's UNet and VAE hard-code GroupNorm(32, channels)
 HEADER = (
     "# Inference config of {name} (original SD 2.x layout). UIs read `model`; `zsnr` records the fixes the model\n"
@@ -163,61 +161,3 @@ def export_single_file(model, path: str | Path) -> tuple[Path, Path]:
     header = HEADER.format(name=path.name, phi=model.schedule.guidance_rescale)
     yaml_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
     return path, yaml_path
-
-
-def scheduler_from_yaml(yaml_path: str | Path):
-    """The DDIMScheduler a single file's yaml describes (its `zsnr` schedule), as the folder export writes it."""
-    import yaml
-
-    config = yaml.safe_load(Path(yaml_path).read_text())
-    if "zsnr" not in config:
-        raise ValueError(f"{yaml_path} has no zsnr section (not written by zsnr's export)")
-    return ddim_scheduler(Schedule(**config["zsnr"]["schedule"]))
-
-
-def scheduler_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """For zsnr.audit: the diffusers scheduler config a single file stands for (from the yaml beside it, else
-    its marker keys, else SD 2.x's defaults), and notes saying which."""
-    import yaml
-
-    path = Path(path).expanduser()
-    yaml_path = path.with_suffix(".yaml")
-    markers = set(MARKERS) & set(_keys(path))
-    if yaml_path.is_file():
-        config = yaml.safe_load(yaml_path.read_text())
-        if "zsnr" in config:
-            scheduler = scheduler_from_yaml(yaml_path)
-            return dict(scheduler.config) | {"_class_name": type(scheduler).__name__}, [
-                f"schedule from {yaml_path}"
-            ]
-        params = config["model"]["params"]
-        parameterization = params.get("parameterization", "eps")
-        prediction = {v: k for k, v in PARAMETERIZATION.items()}[parameterization]
-        betas = {
-            "beta_start": params.get("linear_start", 0.00085),
-            "beta_end": params.get("linear_end", 0.012),
-        }
-        source = f"prediction type and betas from {yaml_path}"
-    else:
-        prediction = "v_prediction" if "v_pred" in markers else "epsilon"
-        betas = {k: v for k, v in DIFFUSERS_BETAS["scaled_linear"].items() if k != "beta_schedule"}
-        source = f"no {yaml_path.name} beside the file: SD 2.x's betas assumed"
-    notes = [source, f"marker keys: {sorted(markers) or 'none'}"]
-    notes.append(
-        "the file records no timestep spacing: the UI's scheduler decides (SD's leading assumed here)"
-    )
-    return {
-        "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", **betas,
-        "prediction_type": prediction, "rescale_betas_zero_snr": "ztsnr" in markers,
-        "timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False,
-    }, notes  # fmt: skip
-
-
-def _keys(path: Path) -> list[str]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:  # the header only: no tensor is read
-            return list(f.keys())
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
-    return list(state.get("state_dict", state))

@@ -31,9 +31,8 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from zsnr.models import build_components
-from zsnr.models.pipeline import image_generators, initial_noise
 from zsnr.models.schedule import Schedule
-from zsnr.sampling import SamplingSettings, generate
+from zsnr.sampling import SamplingSettings, generate, image_generators, initial_noise
 from zsnr.training import InferenceModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +194,7 @@ def sampling_flops(
     """FLOPs of text-to-image for `images` images in one batch, from the per-image FLOPs of one UNet forward,
     one VAE decode and one text-encoder forward: S UNet forwards per image (two with CFG: the conditional and
     the unconditional one), one decode per image, the text encoder once per prompt and once for the negative
-    prompt (encoded once per batch, zsnr.models.pipeline.prompt_states)."""
+    prompt (encoded once per batch, zsnr.sampling.prompt_states)."""
     return images * (steps * (2 if guidance else 1) * unet + decode + text) + text
 
 
@@ -234,8 +233,7 @@ def sd21_model(resolution: int = 512) -> InferenceModel:
     from diffusers import AutoencoderKL
 
     from zsnr.models import SD21_UNET, KLAutoencoder, OpenCLIPTextEncoder, build_unet
-    from zsnr.models.components import SD21_VAE
-    from zsnr.models.text import VIT_H14_TEXT
+    from zsnr.models.sd21 import SD21_VAE, VIT_H14_TEXT
 
     with torch.device("meta"):
         return InferenceModel(
@@ -270,7 +268,7 @@ def sd21_sampling_memory(batch: int = 16) -> dict[str, float]:
     traced on fake tensors (zsnr.training.memory_plan's tracker)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from zsnr.models.pipeline import DECODE_BATCH
+    from zsnr.sampling.setup import DECODE_BATCH
     from zsnr.training.memory_plan import GIB, fake_tensors, follow_cuda_autocast, peak_tracker
 
     model = sd21_model()

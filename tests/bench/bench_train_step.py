@@ -59,8 +59,8 @@ def sd21_flops(resolution: int = 512) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from zsnr.models import SD21_UNET, build_unet
-    from zsnr.models.components import SD21_VAE
-    from zsnr.models.text import VIT_H14_TEXT, OpenCLIPTextEncoder
+    from zsnr.models.sd21 import SD21_VAE, VIT_H14_TEXT
+    from zsnr.models.text import OpenCLIPTextEncoder
 
     def count(fn) -> float:
         with FlopCounterMode(display=False) as counter:

@@ -82,7 +82,7 @@ def diffusers_stage(out: str, resolution: str, steps: str) -> dict[str, Any]:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from zsnr.single_file import scheduler_from_yaml
+    from zsnr.diffusers_interop import scheduler_from_yaml
 
     out, res = Path(out), int(resolution)
     kw = {

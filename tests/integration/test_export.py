@@ -11,11 +11,12 @@ from tiny_checkpoint import shared_tiny_checkpoint
 from training_helpers import compose, launch_module
 
 from zsnr import audit
-from zsnr.export import clip_tokenizer, ddim_scheduler, export_diffusers, open_clip_to_clip_text_model
+from zsnr.diffusers_interop import ddim_scheduler
+from zsnr.export import clip_tokenizer, export_diffusers, open_clip_to_clip_text_model
 from zsnr.models import IdentityAutoencoder
-from zsnr.models.pipeline import image_generators, initial_noise
 from zsnr.models.schedule import Schedule
 from zsnr.models.text import OpenCLIPTextEncoder, Tokenizer
+from zsnr.sampling import image_generators, initial_noise
 from zsnr.training import load_for_inference
 
 PROMPTS = ["a solid black background", "a white background, 4k (masterpiece)", ""]

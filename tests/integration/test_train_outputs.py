@@ -12,8 +12,8 @@ from hydra.errors import InstantiationException
 from training_helpers import ROOT, compose, launch_module, tiny_run
 
 from zsnr.data import to_model_range
-from zsnr.models.pipeline import mean_brightness
 from zsnr.models.schedule import Schedule
+from zsnr.sampling import mean_brightness
 from zsnr.training import load_for_inference
 
 

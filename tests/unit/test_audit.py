@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from zsnr import audit as audit_mod
-from zsnr.models.sd21_folder import SD21_BASE_SCHEDULER as SD21_BASE  # as stabilityai ships it
+from zsnr.models.sd21 import SD21_BASE_SCHEDULER as SD21_BASE  # as stabilityai ships it
 
 FIXED = {
     "_class_name": "DDIMScheduler",

@@ -17,6 +17,7 @@ import torch
 from .parameterization import add_noise, check_prediction_type, predict_x0_eps
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[dict], None]  # sample()'s per-step callback
 Generators = torch.Generator | Sequence[torch.Generator] | None
 SAMPLERS = ("ddim", "ddpm", "euler_ancestral", "dpmpp_2m")
 _DEFAULT_ETA = {"ddim": 0.0, "euler_ancestral": 1.0}
@@ -151,7 +152,7 @@ def sample(
     prediction_type: str = "v_prediction",
     eta: float | None = None,
     generator: Generators = None,
-    progress: bool = False,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """Run a sampler from x at timesteps[0] down to x0; returns x0 in float32 (or x_T's wider dtype).
 
@@ -160,7 +161,10 @@ def sample(
     ``ddpm`` (x0-form posterior, eq. 20), ``euler_ancestral`` (eta default 1; with eta it coincides with
     DDIM(eta), a known identity the tests check), ``dpmpp_2m``. ``eta=None`` means the sampler's default.
     ``timesteps`` is any strictly descending subset of 0..T-1 (see select_timesteps). ``generator``: one
-    torch.Generator for the batch, or one per image (then image i is the same in any batch).
+    torch.Generator for the batch, or one per image (then image i is the same in any batch). ``callback``, as
+    in k-diffusion, is called after each model evaluation with a dict: ``step`` (0-based), ``t`` (the
+    timestep), ``x`` (x_t, the model's input) and ``x0`` (its x0 prediction, in x's dtype), before the update;
+    a progress bar or the paper's Figure 5 (the x0 predictions along the steps) need nothing else.
     """
     check_prediction_type(prediction_type)
     eta = _resolve_eta(sampler, eta)
@@ -174,17 +178,14 @@ def sample(
     step = _STEPS[sampler]
     x = x_T.to(torch.promote_types(x_T.dtype, torch.float32))
     state: dict = {}
-    steps = range(len(ts))
-    if progress:
-        from tqdm.auto import tqdm  # optional, kept out of the import path of the library
-
-        steps = tqdm(steps, desc=f"{sampler} S={len(ts)}", leave=False)
-    for i in steps:
+    for i in range(len(ts)):
         a = float(abar[ts[i]])
         n = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         t = torch.full((x.shape[0],), ts[i], dtype=torch.long, device=x.device)
         out = model_fn(x, t).to(x.dtype)
         x0, eps = predict_x0_eps(out, x, a, prediction_type)
+        if callback is not None:
+            callback({"step": i, "t": ts[i], "x": x, "x0": x0})
         x = step(x, x0, eps, a, n, eta, generator, state)
     return x
 

@@ -1,6 +1,6 @@
 """Brightness statistics of an image set: what the zero-terminal-SNR fix changes.
 
-An image's brightness is its mean luma (Rec. 601, `zsnr.models.pipeline.mean_brightness`) in [-1, 1] units.
+An image's brightness is its mean luma (Rec. 601, `zsnr.sampling.mean_brightness`) in [-1, 1] units.
 A model with SNR(T) > 0 keeps its outputs near medium brightness (the paper's section 3): narrow spread, few
 images below -0.7 (near black) or above +0.7 (near white), and a large Wasserstein distance to the data's
 brightness distribution.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zsnr.models.pipeline import mean_brightness
+from zsnr.sampling import mean_brightness
 
 __all__ = ["brightness_stats", "mean_brightness", "wasserstein_1d"]
 

@@ -206,12 +206,10 @@ def save_samples(images: Mapping[str, torch.Tensor], folder: Path) -> None:
 def model_settings(model, sampling: Mapping) -> SamplingSettings:
     """A model's sampling settings: sampler, num_steps and guidance_scale from `sampling`; the spacing and phi
     the model was trained for unless `sampling` names them (spacing, guidance_rescale); start_timestep if set."""
-    phi = sampling.get("guidance_rescale")
-    return SamplingSettings(
-        sampler=sampling["sampler"], num_steps=sampling["num_steps"],
-        spacing=sampling.get("spacing") or model.schedule.spacing, guidance_scale=sampling["guidance_scale"],
-        guidance_rescale=model.schedule.guidance_rescale if phi is None else phi,
-        start_timestep=sampling.get("start_timestep"),
+    return SamplingSettings.for_schedule(
+        model.schedule, sampler=sampling["sampler"], num_steps=sampling["num_steps"],
+        spacing=sampling.get("spacing") or None, guidance_scale=sampling["guidance_scale"],
+        guidance_rescale=sampling.get("guidance_rescale"), start_timestep=sampling.get("start_timestep"),
     )  # fmt: skip
 
 

@@ -13,16 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zsnr.diffusion import predict_x0_eps, sample
-from zsnr.models.pipeline import (
-    autocast,
-    decode_images,
-    guided_denoiser,
-    image_generators,
-    initial_noise,
-    prompt_states,
-)
-from zsnr.sampling import SamplingSettings
+from zsnr.sampling import SamplingSettings, autocast, decode_images, latent_shape, prepare
 
 
 @torch.inference_mode()
@@ -34,28 +25,12 @@ def x0_trajectory(
     Step 0 is the first timestep (t = T - 1 with trailing spacing). The paper's section 3.4 (Figure 5): with
     zero terminal SNR, at t = T the model cannot see the image in x_T, so its x0 prediction is the mean of the
     data given the prompt, nearly the same for every noise; detail comes in the later steps."""
-    schedule = model.schedule
-    abar = schedule.alphas_cumprod()
-    timesteps = schedule.timesteps(settings.num_steps, settings.start_timestep)
     device = next(model.unet.parameters()).device
-    generators = image_generators(list(seeds))
-    size = model.resolution // model.autoencoder.downsample
-    x_T = initial_noise(generators, (model.autoencoder.latent_channels, size, size), device)
     predictions: list[torch.Tensor] = []
     with autocast(device, settings.torch_dtype):
-        pos, neg = prompt_states(
-            model.text_encoder, model.tokenizer, list(prompts), settings.negative_prompt, device
-        )
-        denoise = guided_denoiser(model.unet, pos, neg, settings.guidance_scale, settings.guidance_rescale)
-
-        def recording(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = denoise(x, t)
-            a = float(abar[int(t[0])])
-            predictions.append(predict_x0_eps(out.float(), x.float(), a, schedule.prediction_type)[0])
-            return out
-
-        sample(recording, x_T, abar.to(device), timesteps, sampler=settings.sampler,
-               prediction_type=schedule.prediction_type, eta=settings.eta, generator=generators)  # fmt: skip
+        setup = prepare(model.unet, model.text_encoder, model.tokenizer, model.schedule, list(prompts),
+                        list(seeds), latent_shape(model.autoencoder, model.resolution), settings)  # fmt: skip
+        setup.sample(callback=lambda step: predictions.append(step["x0"]))
         return torch.stack([decode_images(model.autoencoder, x0).cpu() for x0 in predictions])
 
 

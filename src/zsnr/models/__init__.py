@@ -8,8 +8,9 @@ from zsnr.models.components import (
     encoder_signature,
     size_multiple,
 )
+from zsnr.models.sd21 import SD21_UNET, SD21_V_UNET
 from zsnr.models.text import HFCLIPTextEncoder, OpenCLIPTextEncoder, Tokenizer
-from zsnr.models.unet import SD21_UNET, SD21_V_UNET, build_unet, configure_unet, tiny_unet_config
+from zsnr.models.unet import build_unet, configure_unet, tiny_unet_config
 
 __all__ = [
     "SD21_UNET",

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SD_SCALING_FACTOR = 0.18215  # SD 1.x / 2.x latents have about unit variance after this factor
+from zsnr.models.sd21 import SD_SCALING_FACTOR
 
 
 def sample_posterior(

@@ -20,33 +20,27 @@ import torch
 from torch import nn
 
 from zsnr.models.autoencoders import (
-    SD_SCALING_FACTOR,
     IdentityAutoencoder,
     KLAutoencoder,
     tiny_kl_autoencoder,
 )
 from zsnr.models.files import load_state_dict, require_dir, require_file
-from zsnr.models.text import (
+from zsnr.models.sd21 import (
+    SD21_TEXT_ENCODER,
+    SD21_UNET,
+    SD21_V_UNET,
+    SD21_VAE,
+    SD_SCALING_FACTOR,
     VIT_H14_TEXT,
+)
+from zsnr.models.text import (
     HFCLIPTextEncoder,
     OpenCLIPTextEncoder,
     Tokenizer,
     load_open_clip_text,
 )
-from zsnr.models.unet import SD21_UNET, SD21_V_UNET, build_unet, configure_unet, tiny_unet_config
+from zsnr.models.unet import build_unet, configure_unet, tiny_unet_config
 
-# stabilityai/stable-diffusion-2-1(-base) vae/config.json
-SD21_VAE: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "scaling_factor": SD_SCALING_FACTOR,
-}
 DIFFUSERS_HINT = "the diffusers folder of stabilityai/stable-diffusion-2-1-base (or -2-1 for 768 px)"
 ORIGINAL_HINT = "v2-1_512-ema-pruned.safetensors (or v2-1_768-ema-pruned.safetensors) from stabilityai"
 
@@ -166,8 +160,6 @@ def weightless_components(spec: dict[str, Any]) -> tuple[Components, list[str]]:
             return build_components(spec), notes
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from zsnr.models.sd21_folder import SD21_TEXT_ENCODER
 
     v = spec.get("variant") == "v" or int(spec["resolution"]) >= 768
     unet_cfg, vae_cfg, text = (SD21_V_UNET if v else SD21_UNET), SD21_VAE, CLIPTextConfig(**SD21_TEXT_ENCODER)

@@ -19,39 +19,10 @@ from typing import Any
 
 import torch
 
-from zsnr.models.components import SD21_VAE
+from zsnr.models.sd21 import SD21_BASE_SCHEDULER, SD21_TEXT_ENCODER, SD21_UNET, SD21_VAE
 from zsnr.models.text import Tokenizer, clip_tokenizer, write_bpe_files
-from zsnr.models.unet import SD21_UNET, build_unet
+from zsnr.models.unet import build_unet
 
-# stabilityai/stable-diffusion-2-1-base scheduler/scheduler_config.json
-SD21_BASE_SCHEDULER: dict[str, Any] = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
-# stabilityai/stable-diffusion-2-1(-base) text_encoder/config.json
-SD21_TEXT_ENCODER: dict[str, Any] = {
-    "vocab_size": 49408,
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 23,
-    "num_attention_heads": 16,
-    "max_position_embeddings": 77,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-05,
-    "projection_dim": 512,
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-    "pad_token_id": 1,
-}
 # same layouts, GroupNorm 32 and channels per attention head constant over levels, as the originals have
 REDUCED: dict[str, dict[str, Any]] = {
     "unet": {

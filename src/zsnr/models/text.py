@@ -22,8 +22,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-# The OpenCLIP ViT-H/14 text tower (open_clip's model_configs/ViT-H-14.json).
-VIT_H14_TEXT = {"width": 1024, "heads": 16, "layers": 24, "output_dim": 1024}
+from zsnr.models.sd21 import VIT_H14_TEXT
 
 
 class Tokenizer:

@@ -8,23 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-# stabilityai/stable-diffusion-2-1-base unet/config.json (the 768 px v model: sample_size 96, upcast_attention).
-SD21_UNET: dict[str, Any] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "attention_head_dim": [5, 10, 20, 20],
-    "cross_attention_dim": 1024,
-    "use_linear_projection": True,
-    "norm_num_groups": 32,
-    "upcast_attention": False,
-}
-SD21_V_UNET: dict[str, Any] = {**SD21_UNET, "sample_size": 96, "upcast_attention": True}
-
 
 def build_unet(config: dict[str, Any], empty: bool = False) -> nn.Module:
     """A randomly initialised UNet2DConditionModel from a diffusers config dict (its config.json's too).

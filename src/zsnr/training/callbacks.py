@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from zsnr.data import WebDataModule, summary_line
-from zsnr.models.pipeline import DTYPES, mean_brightness, resolve_dtype
+from zsnr.sampling import DTYPES, mean_brightness, resolve_dtype
 from zsnr.training.step import every_n_steps
 
 log = logging.getLogger("zsnr.train")
@@ -145,7 +145,7 @@ class SampleGrid(pl.Callback):
     progress while a slow EMA, e.g. 0.9999 without warmup, is still mostly the starting model), saved as
     labelled PNG grids (step=NNNNNN_ema.png, step=NNNNNN_online.png) with a JSON of each image's mean
     brightness, and logged: images to wandb, brightness as samples/<weights>/brightness/... to every logger.
-    `dtype` is the networks' compute dtype (zsnr.models.pipeline: "auto" is bfloat16 on CUDA, float32 on a CPU);
+    `dtype` is the networks' compute dtype (zsnr.sampling: "auto" is bfloat16 on CUDA, float32 on a CPU);
     the EMA itself stays float32."""
 
     def __init__(

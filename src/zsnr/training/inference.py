@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from zsnr.models import Tokenizer, build_components
-from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
+from zsnr.sampling import text_to_image
 from zsnr.training.checkpointing import checkpoint_file, load_mapped
 
 
@@ -30,7 +30,7 @@ class InferenceModel:
         return iter((self.unet, self.autoencoder, self.text_encoder, self.tokenizer, self.schedule))
 
     def generate(self, prompts: list[str], seeds: list[int], **kwargs: Any) -> torch.Tensor:
-        """Images in [-1, 1]; kwargs as zsnr.models.pipeline.text_to_image (num_steps, guidance_scale, ...)."""
+        """Images in [-1, 1]; kwargs as zsnr.sampling.text_to_image (num_steps, guidance_scale, ...)."""
         return text_to_image(
             self.unet, self.autoencoder, self.text_encoder, self.tokenizer, self.schedule, prompts, seeds,
             self.resolution, **kwargs,

@@ -22,9 +22,9 @@ from zsnr.data import to_model_range
 from zsnr.diffusion import add_noise, loss_weights, snr, v_target
 from zsnr.models import Components, build_components
 from zsnr.models.autoencoders import sample_posterior
-from zsnr.models.pipeline import text_to_image
 from zsnr.models.schedule import Schedule
 from zsnr.models.unet import input_memory_format
+from zsnr.sampling import text_to_image
 from zsnr.training.checkpointing import restore_rng_states, rng_states, steps_under_manual_optimisation
 from zsnr.training.ema import EMA, EMASchedule
 from zsnr.training.init_weights import apply_init_weights, load_init_weights

@@ -21,8 +21,7 @@ from zsnr.data import ShardStream, WebDataModule, parse_sources
 from zsnr.data.buckets import BucketSpec, bucket_sizes, crop_share, nearest_bucket
 from zsnr.data.decode import decode_crop
 from zsnr.models import size_multiple
-from zsnr.models.components import SD21_VAE
-from zsnr.models.unet import SD21_UNET
+from zsnr.models.sd21 import SD21_UNET, SD21_VAE
 
 TINY_BUCKETS = ((24, 40), (28, 36), (32, 32), (36, 28), (40, 24))  # resolution 32, step 4, max_aspect 2
 

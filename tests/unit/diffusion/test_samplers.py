@@ -184,3 +184,17 @@ def test_img2img_selects_the_last_steps():
         img2img(toy_model, x0, ZERO, ts, strength=0.05, noise=noise)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         img2img(toy_model, x0, ZERO, ts, strength=0.0, noise=noise)
+
+
+def test_callback_sees_each_step_and_its_x0_prediction():
+    """The callback gets (step, t, x_t, x0) before each update, x0 = sqrt(abar) x_t - sqrt(1 - abar) v for
+    v-prediction (Salimans & Ho); DDIM (eta 0) ends exactly on the last step's prediction (it steps to abar = 1)."""
+    ts = select_timesteps(1000, 5, "trailing")
+    seen = []
+    out = sample(toy_model, _x(), ZERO, ts, sampler="ddim", callback=seen.append)
+    assert [s["step"] for s in seen] == list(range(5)) and [s["t"] for s in seen] == ts.tolist()
+    for s in seen:
+        a = ZERO[s["t"]].item()
+        v = toy_model(s["x"], torch.full((2,), s["t"]))
+        torch.testing.assert_close(s["x0"], a**0.5 * s["x"] - (1 - a) ** 0.5 * v, atol=1e-6, rtol=0)
+    torch.testing.assert_close(seen[-1]["x0"], out, atol=0, rtol=0)

@@ -10,11 +10,10 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from zsnr.models.components import SD21_VAE
 from zsnr.models.ldm_keys import TEXT_PREFIX, hf_text_to_open_clip, unet_to_ldm, vae_to_ldm
-from zsnr.models.sd21_folder import REDUCED, SD21_TEXT_ENCODER
+from zsnr.models.sd21 import SD21_TEXT_ENCODER, SD21_UNET, SD21_VAE
+from zsnr.models.sd21_folder import REDUCED
 from zsnr.models.text import OpenCLIPTextEncoder, Tokenizer
-from zsnr.models.unet import SD21_UNET
 
 
 def _same(a: dict, b: dict) -> None:

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from zsnr.models import IdentityAutoencoder, Tokenizer
-from zsnr.models.pipeline import mean_brightness, prompt_states, resolve_dtype, text_to_image
 from zsnr.models.schedule import Schedule
+from zsnr.sampling import mean_brightness, prompt_states, resolve_dtype, text_to_image
 
 
 class IdealUNet(nn.Module):

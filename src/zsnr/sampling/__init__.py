@@ -1,0 +1,35 @@
+"""Sampling: one setup (zsnr.sampling.setup's `prepare`) behind text-to-image, image-to-image, `generate` and
+the x0 trajectory of zsnr.evaluation.paper, and one owner of the settings (`SamplingSettings`)."""
+
+from zsnr.sampling.pipelines import generate, image_to_image, read_prompts, text_to_image
+from zsnr.sampling.settings import DTYPES, SamplingSettings, autocast, resolve_device, resolve_dtype
+from zsnr.sampling.setup import (
+    Setup,
+    decode_images,
+    image_generators,
+    initial_noise,
+    latent_shape,
+    mean_brightness,
+    prepare,
+    prompt_states,
+)
+
+__all__ = [
+    "DTYPES",
+    "SamplingSettings",
+    "Setup",
+    "autocast",
+    "decode_images",
+    "generate",
+    "image_generators",
+    "image_to_image",
+    "initial_noise",
+    "latent_shape",
+    "mean_brightness",
+    "prepare",
+    "prompt_states",
+    "read_prompts",
+    "resolve_device",
+    "resolve_dtype",
+    "text_to_image",
+]
