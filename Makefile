@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE := offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-all lint demo paper bench report clean
+.PHONY: setup test test-all lint demo paper bench report docs clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: setup
 # Every claim of the paper in miniature (CPU, < 60 min; reuses the demo's runs): outputs/paper/report.md.
 paper: setup
 	$(PY) launch/paper.py $(ARGS)
+
+# The documentation site (docs/, mkdocs.yml) into site/, strict: a warning, a broken link or anchor, or a page
+# missing from the nav fails it. `make test` builds it too (tests/unit/test_docs.py).
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
 
 # The CI suite: everything but the tests marked slow (see pyproject's markers).
 test: setup
@@ -46,4 +51,4 @@ bench: setup
 	$(PY) -m pytest -q -s tests/bench -m "not gpu" -p no:cacheprovider --no-header -k bench
 
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache site

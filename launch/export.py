@@ -2,7 +2,8 @@
 
 DIR: a diffusers folder (zsnr.export; StableDiffusionPipeline.from_pretrained(DIR), then
 pipe(prompt, guidance_rescale=0.7)). With single_file=true (the default) also DIR.safetensors, the original
-SD 2.x layout the UIs load, and DIR.yaml beside it (zsnr.single_file).
+SD 2.x layout the UIs load, DIR.yaml beside it (zsnr.single_file) and DIR.comfyui.json, a ComfyUI workflow that
+samples it with the paper's settings (zsnr.comfyui; docs/uis.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zsnr.comfyui import write_comfyui_workflow
 from zsnr.export import export_diffusers
 from zsnr.single_file import export_single_file, inference_config
 
@@ -42,7 +44,10 @@ def export(cfg: DictConfig) -> Path:
     log.info("wrote the diffusers folder %s (step %d, %s weights)", out, model.step, weights)
     if cfg.single_file:
         single, yaml_path = export_single_file(model, out.with_name(out.name + ".safetensors"))
-        log.info("wrote %s and %s (original SD 2.x layout, for UIs; see the README)", single, yaml_path)
+        workflow = write_comfyui_workflow(model.schedule, single, resolution=model.resolution)
+        log.info(
+            "wrote %s, %s and %s (original SD 2.x layout, for UIs; docs/uis.md)", single, yaml_path, workflow
+        )
     return out
 
 

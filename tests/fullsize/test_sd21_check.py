@@ -19,7 +19,15 @@ def _common_checks(out, report, resolution: int) -> None:
     assert diffusers["default_image_size"] == [resolution, resolution]  # sample_size from the trained size
     assert json.loads((out / "export" / "unet" / "config.json").read_text())["sample_size"] == resolution // 8
     source = str(out / "sd21-base")
-    for path in [*(out / "export").rglob("*.json"), out / "export.yaml"]:
+    workflow = json.loads((out / "export.comfyui.json").read_text())  # beside the single file, for ComfyUI
+    nodes = {node["class_type"]: node["inputs"] for node in workflow.values()}
+    assert nodes["CheckpointLoaderSimple"]["ckpt_name"] == "export.safetensors"
+    assert (
+        nodes["ModelSamplingDiscrete"]["sampling"] == "v_prediction"
+        and nodes["ModelSamplingDiscrete"]["zsnr"]
+    )
+    assert nodes["EmptyLatentImage"]["width"] == resolution
+    for path in [*(out / "export").rglob("*.json"), out / "export.yaml", out / "export.comfyui.json"]:
         assert source not in path.read_text(), path  # no path of the training machine in the export
     last = torch.load(out / "run_cache" / "checkpoints" / "last.ckpt", map_location="cpu", mmap=True)
     assert last["global_step"] == 1  # the command the latent cache printed trained

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # start.sh - bring up a one-node Slurm cluster (slurmctld + slurmd + munged) for zsnr's SLURM tests
-# (tests/integration/test_slurm*.py). Debian 12, run as root, no systemd needed. Adapted from shared/tools/local-slurm.
+# (tests/integration/test_slurm*.py). Debian 12, run as root, no systemd needed.
 # Idempotent: re-running while the cluster is up just re-checks it and prints READY.
 #
 # Env knobs:

@@ -17,7 +17,7 @@ LIGHTNING = {"pytorch_lightning", "lightning", "lightning_fabric"}
 LAYERS = [
     ["zsnr.diffusion"],
     ["zsnr.models", "zsnr.data"],
-    ["zsnr.sampling", "zsnr.diffusers_interop"],
+    ["zsnr.sampling", "zsnr.diffusers_interop", "zsnr.comfyui"],
     ["zsnr.export", "zsnr.single_file", "zsnr.audit", "zsnr.training"],
     ["zsnr.evaluation"],
 ]
@@ -38,6 +38,7 @@ EXPERIMENTS = {
 WITHOUT_LIGHTNING = [
     "zsnr.sampling",
     "zsnr.diffusers_interop",
+    "zsnr.comfyui",
     "zsnr.export",
     "zsnr.single_file",
     "zsnr.audit",

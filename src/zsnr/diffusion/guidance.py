@@ -6,12 +6,12 @@ import torch
 
 
 def cfg(pos: torch.Tensor, neg: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:
-    """Guided prediction, optionally rescaled (the paper's Algorithm 2, w = scale, phi = rescale).
+    r"""Guided prediction, optionally rescaled (the paper's Algorithm 2, w = scale, phi = rescale).
 
-        x_cfg = x_neg + w (x_pos - x_neg)
-        sigma_pos = std(x_pos), sigma_cfg = std(x_cfg)     (per sample, over all non-batch dims)
-        x_final = phi * x_cfg * sigma_pos / sigma_cfg + (1 - phi) * x_cfg
-    phi = 0 is plain CFG; the paper uses w = 7.5, phi = 0.7. Computed in float32 at least.
+    $$x_\text{cfg} = x_\text{neg} + w\,(x_\text{pos} - x_\text{neg}), \qquad
+    x_\text{final} = \phi\, x_\text{cfg}\,\frac{\sigma_\text{pos}}{\sigma_\text{cfg}} + (1 - \phi)\, x_\text{cfg}$$
+
+    with sigma_pos = std(x_pos), sigma_cfg = std(x_cfg), per sample over all non-batch dims. phi = 0 is plain CFG; the paper uses w = 7.5, phi = 0.7. Computed in float32 at least.
     """
     if not 0.0 <= rescale <= 1.0:
         raise ValueError(f"guidance rescale (phi) must be in [0, 1], got {rescale}")

@@ -30,13 +30,13 @@ def check_prediction_type(prediction_type: str) -> None:
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor | float) -> torch.Tensor:
-    """Forward process q(x_t | x0): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+    r"""Forward process q(x_t | x0): $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$."""
     sa, s1a = _coeffs(abar, x0)
     return sa * x0 + s1a * noise
 
 
 def v_target(x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor | float) -> torch.Tensor:
-    """The v-prediction target (paper section 3.2): v_t = sqrt(abar_t) eps - sqrt(1 - abar_t) x0.
+    r"""The v-prediction target (paper section 3.2): $v_t = \sqrt{\bar\alpha_t}\, \epsilon - \sqrt{1 - \bar\alpha_t}\, x_0$.
 
     At zero terminal SNR (abar_T = 0) it equals -x0, so the model learns the data mean there.
     """
@@ -47,9 +47,9 @@ def v_target(x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor | float) 
 def predict_x0_eps(
     output: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor | float, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, eps) implied by a model output at x_t.
+    r"""(x0, eps) implied by a model output at x_t (a = abar_t).
 
-    - v_prediction (eq. 17, 19): x0 = sqrt(a) x_t - sqrt(1 - a) v, eps = sqrt(a) v + sqrt(1 - a) x_t.
+    - v_prediction (eq. 17, 19): $x_0 = \sqrt{a}\, x_t - \sqrt{1 - a}\, v$, $\epsilon = \sqrt{a}\, v + \sqrt{1 - a}\, x_t$.
       Division-free: exact at a = 0 and a = 1.
     - epsilon: x0 = (x_t - sqrt(1 - a) eps) / sqrt(a). At a = 0 x_t holds no signal and x0 is not
       identifiable: the clamped division returns a finite but meaningless value (samplers refuse this case).

@@ -42,20 +42,20 @@ def make_betas(kind: str, num_timesteps: int = 1000) -> torch.Tensor:
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
-    """abar_t = prod_{s<=t} (1 - beta_s), computed in float64."""
+    r"""$\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)$, computed in float64."""
     return torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
 
 
 def snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """SNR(t) = abar_t / (1 - abar_t); 0 where abar_t = 0, inf where abar_t = 1."""
+    r"""$\mathrm{SNR}(t) = \bar\alpha_t / (1 - \bar\alpha_t)$; 0 where abar_t = 0, inf where abar_t = 1."""
     a = alphas_cumprod.to(torch.float64)
     return a / (1.0 - a)
 
 
 def shift_snr(betas: torch.Tensor, factor: float) -> torch.Tensor:
-    """Multiply SNR(t) by `factor` at every t (float64): the same schedule for images of another size.
+    r"""Multiply SNR(t) by `factor` at every t (float64): the same schedule for images of another size.
 
-        SNR'(t) = factor * SNR(t)  <=>  abar'_t = factor abar_t / (1 + (factor - 1) abar_t)
+    $$\mathrm{SNR}'(t) = k\, \mathrm{SNR}(t) \iff \bar\alpha'_t = \frac{k\, \bar\alpha_t}{1 + (k - 1)\, \bar\alpha_t}, \qquad k = \text{factor}$$
 
     What a noise level hides depends on how many pixels share a frequency: the image mean of n pixels per
     channel is seen at SNR n * SNR(t). Hoogeboom et al. ("simple diffusion", arXiv 2301.11093) shift a
@@ -73,11 +73,14 @@ def shift_snr(betas: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Rescale a schedule so that SNR(T) = 0 (the paper's Algorithm 1), float64.
+    r"""Rescale a schedule so that SNR(T) = 0 (the paper's Algorithm 1), float64.
 
     In sqrt(abar) space: keep sqrt(abar_1), shift so sqrt(abar_T) = 0, scale so sqrt(abar_1) is unchanged:
-        s = sqrt(cumprod(1 - beta)); s = (s - s_T) * s_1 / (s_1 - s_T)
-        abar = s^2;  alpha_t = abar_t / abar_{t-1} (alpha_1 = abar_1);  beta = 1 - alpha   (so beta_T = 1)
+
+    $$s_t = \sqrt{\bar\alpha_t}, \qquad s'_t = (s_t - s_T)\, \frac{s_1}{s_1 - s_T}, \qquad
+    \bar\alpha'_t = s_t'^2, \qquad \beta'_t = 1 - \frac{\bar\alpha'_t}{\bar\alpha'_{t-1}} \;(\beta'_1 = 1 - \bar\alpha'_1)$$
+
+    so beta'_T = 1.
     """
     s = alphas_cumprod(betas).sqrt()
     s0, sT = s[0].clone(), s[-1].clone()

@@ -65,7 +65,7 @@ def image_to_image(
     settings: SamplingSettings,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Images in [-1, 1] [N, 3, H, W] from init images in [-1, 1] of the model's resolution (one per prompt).
+    """Images [N, 3, H, W] in [-1, 1] from init images in [-1, 1] of the model's resolution (one per prompt).
     strength 1 starts from pure noise at t = T (with zero terminal SNR nothing of the init image is left)."""
     if not len(prompts) == len(seeds) == init_images.shape[0]:
         raise ValueError(
