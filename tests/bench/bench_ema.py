@@ -114,8 +114,8 @@ def test_bench_ema_options_tiny():
     """The machinery in seconds: every option trains, and the EMA took in the steps its option says."""
     result = measure_steps(steps=4, warmup=0, rounds=1)
     report(result, steps=4, rounds=1, sd21_s=None)
-    assert result["default"]["module"].ema_schedule.updates == 4
-    assert result["every 4 steps"]["module"].ema_schedule.updates == 1
+    assert result["default"]["module"].ema.schedule.updates == 4
+    assert result["every 4 steps"]["module"].ema.schedule.updates == 1
     assert "ema_unet" not in result["on the CPU"]["module"]._modules
 
 

@@ -25,9 +25,12 @@ ROWS = [  # (name, loop, latent) in the order the tiny run writes them
     ("baseline", "ours", 16), ("plain loop", "plain", 16), ("no zsnr callbacks", "ours", 16),
     ("eager attention", "ours", 16), ("channels_last", "ours", 16), ("cudnn.benchmark", "ours", 16),
     ("bf16-mixed", "ours", 16), ("grad checkpointing", "ours", 16), ("best eager", "ours", 24),
-    ("plain loop", "plain", 24), ("compile", "ours", 16), ("compile", "plain", 16), ("compile", "ours", 24),
+    ("plain loop", "plain", 24), ("fused AdamW", "ours", 16), ("fused AdamW", "plain", 16),
+    ("compile loss", "ours", 16), ("compile loss", "plain", 16), ("compile loss + CUDA graphs", "ours", 16),
+    ("compile loss + CUDA graphs", "plain", 16), ("compile", "ours", 16), ("compile", "plain", 16),
+    ("compile", "ours", 24),
 ]  # fmt: skip
-SKIPPED_ON_CPU = {"cudnn.benchmark", "compile"}
+SKIPPED_ON_CPU = {"cudnn.benchmark", "compile", "compile loss", "compile loss + CUDA graphs"}
 
 
 def _unet_fwd_bwd_flops(batch: int, latent: int) -> float:

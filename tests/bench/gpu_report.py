@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 COLUMNS = ["name", "loop", "latent", "micro_batch", "precision", "attention", "channels_last", "compile",
-           "checkpointing", "cudnn_benchmark", "status", "images_per_s", "step_ms", "mfu", "peak_mem_gib"]  # fmt: skip
+           "compile_objective", "cuda_graphs", "fused_adamw", "checkpointing", "cudnn_benchmark", "status",
+           "images_per_s", "step_ms", "mfu", "peak_mem_gib"]  # fmt: skip
 
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), matched in this order by name.
@@ -51,10 +52,17 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def line(row: dict[str, Any]) -> str:
     yn = {True: "y", False: "-"}
-    return (f"{row['name']:20s} {row['loop']:5s} {row['latent']:3d} {row['micro_batch']:4d} {row['precision']:10s} "
-            f"{row['attention']:5s} {yn[row['channels_last']]:2s} {yn[row['compile']]:3s} {yn[row['checkpointing']]:4s} "
+    return (f"{row['name']:26s} {row['loop']:5s} {row['latent']:3d} {row['micro_batch']:4d} {row['precision']:10s} "
+            f"{row['attention']:5s} {yn[row['channels_last']]:2s} {_compiled(row):7s} {yn[row['fused_adamw']]:5s} "
+            f"{yn[row['checkpointing']]:4s} "
             f"{yn[row['cudnn_benchmark']]:5s} {_fmt(row.get('images_per_s'), '8.2f')} {_fmt(row.get('step_ms'), '8.1f')} "
             f"{_fmt(row.get('mfu'), '6.1%')} {_fmt(row.get('peak_mem_gib'), '6.1f')}  {row['status']}")  # fmt: skip
+
+
+def _compiled(row: dict[str, Any]) -> str:
+    if row["compile_objective"]:
+        return "loss+cg" if row["cuda_graphs"] else "loss"
+    return "blocks" if row["compile"] else "-"
 
 
 def versions() -> dict[str, str]:
@@ -79,6 +87,6 @@ def table(r: dict[str, Any]) -> str:
                      f"{_fmt(lim['at_matmul'], '.0f')} at the measured matmul rate")  # fmt: skip
     mm = r.get("max_micro_batch", {})
     lines.append(f"largest micro-batch: {mm.get('value', mm.get('status'))} (probes {mm.get('probes')})")
-    head = f"{'variant':20s} {'loop':5s} {'lat':>3s} {'B':>4s} {'prec':10s} {'attn':5s} {'cl':2s} {'cmp':3s} " \
+    head = f"{'variant':26s} {'loop':5s} {'lat':>3s} {'B':>4s} {'prec':10s} {'attn':5s} {'cl':2s} {'compile':7s} {'fused':5s} " \
            f"{'ckpt':4s} {'cudnn':5s} {'img/s':>8s} {'ms/step':>8s} {'MFU':>6s} {'GiB':>6s}  status"  # fmt: skip
     return "\n".join(lines + [head] + [line(row) for row in r["variants"]])

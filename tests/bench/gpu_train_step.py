@@ -7,7 +7,9 @@ The full mode builds SD 2.1's UNet (random init, 866M parameters: no weights nee
 own constructor, and trains it on random latent-cache batches at 64x64 (512 px) and 96x96 (768 px) latents with
 text states [B, 77, 1024]. Each row times one variant (gpu_step_loops.py: our Trainer step vs a plain
 diffusers-style loop; bf16-mixed, channels_last, SDPA vs eager attention, cudnn.benchmark, gradient
-checkpointing, the largest micro-batch that fits, torch.compile); rows run in priority order inside a time
+checkpointing, the largest micro-batch that fits, fused AdamW, torch.compile of the loss (noise, UNet, MSE as one
+graph) with and without CUDA graphs (mode="reduce-overhead": the step has one host sync, the skip decision, so
+the graphs replay back to back), torch.compile of the UNet's blocks); rows run in priority order inside a time
 budget and the JSON is rewritten after each one, so a run cut short keeps what it measured.
 MFU = FLOPs counted per image (one fwd + bwd, no recompute) x images/s / the card's dense bf16 peak.
 Reference points (512 px, per H100): NVIDIA's MLPerf v3.1 SD v2 ~106 images/s; compute limit ~330 images/s at
@@ -107,9 +109,9 @@ class Bench:
         return row
 
     def _skip_reason(self, v: Variant, need_s: float) -> str | None:
-        if not self.cuda and v.cudnn_benchmark:
+        if not self.cuda and (v.cudnn_benchmark or v.cuda_graphs):
             return "needs CUDA"
-        if not self.cuda and v.compile and not self.args.compile:
+        if not self.cuda and (v.compile or v.compile_objective) and not self.args.compile:
             return "CPU: compile only with --compile"
         if time.monotonic() + need_s > self.deadline:
             return f"time budget ({self.args.budget_s:.0f} s)"
@@ -121,7 +123,12 @@ class Bench:
         module = self.module
         configure_unet(module.unet, v.attention, v.checkpointing, v.channels_last)
         configure_unet(module.ema_unet, v.attention, False, v.channels_last)
-        module.hparams.compile = v.compile  # in place and for good: compile rows come last
+        module.hparams.compile = (
+            "loss" if v.compile_objective else v.compile
+        )  # blocks: in place and for good,
+        module.hparams.compile_mode = "reduce-overhead" if v.cuda_graphs else None  # so those rows come last
+        module.hparams.fused_adamw = v.fused_adamw
+        module._loss = module.per_sample_loss  # configure_model compiles it again for a compile_objective row
         batch = latent_batch(v.batch, v.latent, self.text_dim, pin=self.cuda)
         if v.loop == "ours":
             return run_ours(module, v, batch, self.device, warmup, seconds, max_steps)
@@ -186,6 +193,15 @@ class Bench:
         if n is not None:
             self.measure(replace(best, name="max micro-batch", batch=n))
             self.measure(replace(best, name="max micro-batch", batch=n, loop="plain"))
+        fused = self.measure(replace(best, name="fused AdamW", fused_adamw=True))
+        self.measure(replace(best, name="fused AdamW", fused_adamw=True, loop="plain"))
+        lean = replace(best, fused_adamw=_wins(fused, ref))
+        loss = replace(lean, name="compile loss", compile_objective=True)
+        self.measure(loss, need_s=a.compile_need_s)
+        self.measure(replace(loss, loop="plain"), need_s=a.compile_need_s)
+        graphs = replace(loss, name="compile loss + CUDA graphs", cuda_graphs=True)
+        self.measure(graphs, need_s=a.compile_need_s)
+        self.measure(replace(graphs, loop="plain"), need_s=a.compile_need_s)
         compiled = replace(best, name="compile", compile=True)
         self.measure(compiled, need_s=a.compile_need_s)
         self.measure(replace(compiled, name="compile", loop="plain"))

@@ -42,7 +42,7 @@ def test_init_from_checkpoint_takes_the_chosen_unet_under_a_new_schedule(base, w
         for key, value in expected.items():
             assert torch.equal(state[key], value), key
     assert module.schedule.prediction_type == "v_prediction" and module.schedule.rescale_zero_terminal_snr
-    assert module.micro_step == 0 and module.ema_schedule.updates == 0
+    assert module.micro_step == 0 and module.ema.schedule.updates == 0
     # the random frozen parts (model=tiny) come from the checkpoint too: the UNet was trained against them
     for name, state in ckpt["frozen"].items():
         for key, value in state.items():

@@ -28,7 +28,12 @@ from zsnr.sampling import text_to_image
 from zsnr.training.checkpointing import restore_rng_states, rng_states, steps_under_manual_optimisation
 from zsnr.training.ema import EMA, EMASchedule
 from zsnr.training.init_weights import apply_init_weights, load_init_weights
-from zsnr.training.parallel import EMA_ON_CPU_UNDER_FSDP, LightningDataParallel, parallelize_unet
+from zsnr.training.parallel import (
+    EMA_ON_CPU_UNDER_FSDP,
+    LightningDataParallel,
+    compile_choice,
+    parallelize_unet,
+)
 from zsnr.training.step import SkipCounter, StepResult, Update, train_step
 
 
@@ -50,7 +55,8 @@ class DiffusionModule(pl.LightningModule):
         ema_on_cpu: bool = False,
         caption_dropout: float = 0.1,
         seed: int = 0,
-        compile: bool = False,
+        compile: bool | str = False,
+        compile_mode: str | None = None,
         init_from: str | None = None,
         init_weights: str = "ema",
         max_consecutive_skips: int = 10,
@@ -61,7 +67,9 @@ class DiffusionModule(pl.LightningModule):
         """`components`: model parts already built for `model` (the memory planner's weightless ones); None
         builds them from the spec. max_grad_norm: clip the gradients' total norm to it (None or 0: no clipping).
         fused_adamw: torch's fused AdamW kernel (one kernel for all parameters, no per-parameter host work;
-        the fast choice on GPUs) instead of its default foreach implementation."""
+        the fast choice on GPUs) instead of its default foreach implementation. compile: false, true / "blocks"
+        or "loss" (zsnr.training.parallel.compile_choice); compile_mode: torch.compile's mode (None: default;
+        "reduce-overhead": CUDA graphs)."""
         super().__init__()
         self.automatic_optimization = False  # the update is train_step's, written out in one function
         if lr_schedule not in ("constant", "cosine"):
@@ -69,6 +77,7 @@ class DiffusionModule(pl.LightningModule):
         if lr_schedule == "cosine" and not total_steps:
             raise ValueError("lr_schedule='cosine' needs total_steps (the step at which the lr reaches 0)")
         ema_schedule = EMASchedule(ema_decay, ema_warmup, ema_every_n_steps)  # checks them before any model
+        compile_choice(compile)  # likewise
         self.save_hyperparameters(ignore=["components"])
         self.schedule = Schedule(**diffusion)
         s = self.schedule
@@ -108,6 +117,7 @@ class DiffusionModule(pl.LightningModule):
         self.skips = SkipCounter(max_consecutive_skips)
         self.last_step: StepResult | None = None  # what the latest step did: callbacks read it
         self._dp = LightningDataParallel(self)
+        self._loss = self.per_sample_loss  # compiled by configure_model with compile="loss"
 
     # -- the training step -------------------------------------------------------------------------------
     def training_step(self, window: list[dict[str, Any]] | dict[str, Any], batch_idx: int) -> None:
@@ -136,7 +146,10 @@ class DiffusionModule(pl.LightningModule):
                 b, x0.shape[1], 1, 1, generator=g, device=dev
             )
         self.micro_step += 1
-        return self.per_sample_loss(x0, text, t, noise), t
+        if self.hparams.compile_mode == "reduce-overhead":  # CUDA graphs: a new step, outputs copied out
+            torch.compiler.cudagraph_mark_step_begin()
+            return self._loss(x0, text, t, noise).clone(), t
+        return self._loss(x0, text, t, noise), t
 
     def per_sample_loss(
         self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
@@ -258,7 +271,14 @@ class DiffusionModule(pl.LightningModule):
         if mesh is not None and self.hparams.ema_on_cpu:
             raise ValueError(EMA_ON_CPU_UNDER_FSDP)
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
-        parallelize_unet(self.unet, mesh, precision, compile=self.hparams.compile)
+        compiled = compile_choice(self.hparams.compile)
+        if compiled == "loss" and mesh is not None:
+            raise ValueError(
+                "module.compile=loss is not tested with trainer=fsdp: use module.compile=blocks there"
+            )
+        parallelize_unet(self.unet, mesh, precision, compile=compiled, compile_mode=self.hparams.compile_mode)
+        if compiled == "loss" and self._loss == self.per_sample_loss:
+            self._loss = torch.compile(self.per_sample_loss, mode=self.hparams.compile_mode)
         parallelize_unet(self.ema_unet, mesh)  # float32 compute; shards line up with the UNet's (ema_update_)
 
     def train(self, mode: bool = True) -> DiffusionModule:

@@ -1,6 +1,6 @@
 """How the UNet is compiled, sharded and wrapped, for every strategy, in one function (torchtitan's parallelize_*).
 
-    trainer=cpu | gpu   one process: the UNet as built (optionally compiled block by block)
+    trainer=cpu | gpu   one process: the UNet as built (optionally compiled: see `compile_choice`)
     trainer=ddp         Lightning's DDPStrategy replicates the LightningModule and all-reduces the UNet's gradients
     trainer=fsdp        FSDP2: `fully_shard` on every down block, the mid block and every up block, then on the
                         root (conv_in, time embedding, conv_out), on a 1-D data-parallel mesh over all processes
@@ -50,6 +50,23 @@ def unet_blocks(unet: nn.Module) -> list[nn.Module]:
     return [b for b in blocks if b is not None]
 
 
+COMPILE_CHOICES = ("blocks", "loss")
+
+
+def compile_choice(value: bool | str | None) -> str | None:
+    """module.compile: false (eager), true or "blocks" (each UNet block compiled in place: what composes with
+    FSDP2's per-block sharding), "loss" (DiffusionModule.per_sample_loss as one graph: add_noise, the UNet, the
+    target, the weighted MSE; the random draws and the encoders stay eager, the generators they take are opaque
+    to torch.compile). Returns None, "blocks" or "loss"."""
+    if value is None or value is False or value == "false":
+        return None
+    if value is True or value == "true":
+        return "blocks"
+    if value not in COMPILE_CHOICES:
+        raise ValueError(f"module.compile must be false, true, 'blocks' or 'loss', got {value!r}")
+    return str(value)
+
+
 def is_sharded(module: nn.Module) -> bool:
     return any(hasattr(p, "device_mesh") for p in module.parameters())  # DTensor parameters
 
@@ -58,24 +75,26 @@ def parallelize_unet(
     unet: nn.Module,
     mesh: Any | None = None,
     precision: str = "32-true",
-    compile: bool = False,
+    compile: bool | str = False,
     reshard_after_forward: bool = True,
+    compile_mode: str | None = None,
 ) -> nn.Module:
     """Compile (optionally) and shard `unet` in place; returns it. Idempotent (Lightning may call it twice).
 
     mesh: a 1-D DeviceMesh to shard over (FSDP2), or None (one process or DDP: nothing to shard; Lightning's
         DDPStrategy wraps the whole LightningModule afterwards).
     precision: the Trainer's precision; "bf16-mixed" means bfloat16 compute over float32 shards (see above).
-    compile: torch.compile each block in place (parameter names and checkpoints stay the same).
+    compile: compile_choice's values; "blocks" compiles each block in place (parameter names and checkpoints
+        stay the same) with torch.compile's `compile_mode`; "loss" leaves the UNet to the module's compiled loss.
     reshard_after_forward: free each block's gathered weights after its forward (ZeRO-3); False keeps them
         until the backward (ZeRO-2: more memory, one all-gather less per step).
     Gradient checkpointing is the model config's switch (`model.gradient_checkpointing`, diffusers' own), and it
     composes with both: each block recomputes its activations, FSDP re-gathers its weights for that.
     """
-    if compile:
+    if compile_choice(compile) == "blocks":
         for block in unet_blocks(unet):
             if getattr(block, "_compiled_call_impl", None) is None:
-                block.compile()
+                block.compile(mode=compile_mode)
     if mesh is None or is_sharded(unet):
         return unet
     blocks = unet_blocks(unet)
