@@ -1,4 +1,6 @@
-"""Sample images from a checkpoint: `python launch/sample.py checkpoint=PATH prompts='[...]'`. See configs/sample.yaml."""
+"""Sample images from a checkpoint: `python launch/sample.py checkpoint=PATH prompts='[...]'`. See configs/sample.yaml.
+
+On N processes: `devices=N`, or under torchrun / srun; every image is the one a single process makes."""
 
 from __future__ import annotations
 
@@ -7,18 +9,21 @@ import logging
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zsnr.data import to_model_range
 from zsnr.evaluation.images import load_png, make_grid, save_png, to_uint8
 from zsnr.sampling import SamplingSettings, generate, read_prompts, resolve_device
+from zsnr.sampling.ranks import Ranks
 
 log = logging.getLogger("zsnr.sample")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 
 
-def sample(cfg: DictConfig) -> dict:
-    """Everything `python launch/sample.py` does; returns the run directory and the image files."""
+def sample(cfg: DictConfig, ranks: Ranks = Ranks()) -> dict:
+    """Everything `python launch/sample.py` does on one rank of `ranks`; returns the run directory and the
+    image files (every rank saves its own share; rank 0 the grid and settings.json)."""
     from zsnr.training import load_for_inference
 
     prompts = list(cfg.prompts) + (read_prompts(cfg.prompts_file) if cfg.prompts_file else [])
@@ -26,7 +31,7 @@ def sample(cfg: DictConfig) -> dict:
         raise ValueError("no prompts: set prompts='[\"a solid black background\"]' or prompts_file=PATH")
     if cfg.images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be >= 1, got {cfg.images_per_prompt}")
-    device = resolve_device(cfg.device)
+    device = ranks.device(resolve_device(cfg.device))
     settings = SamplingSettings.from_options(cfg, device)
     model = load_for_inference(
         cfg.checkpoint,
@@ -39,18 +44,24 @@ def sample(cfg: DictConfig) -> dict:
     all_prompts = [p for p in prompts for _ in range(n)]
     seeds = [cfg.seed + i for i in range(len(all_prompts))]
     log.info(
-        "%d images of %d px in %s from %s (step %d)",
-        len(seeds), model.resolution, settings.dtype, cfg.checkpoint, model.step,
+        "%d images of %d px in %s from %s (step %d) on %d processes",
+        len(seeds), model.resolution, settings.dtype, cfg.checkpoint, model.step, ranks.world_size,
     )  # fmt: skip
-    images = to_uint8(generate(model, all_prompts, seeds, settings, cfg.batch_size, init, cfg.strength))
+    mine = ranks.images(len(seeds), cfg.batch_size)
+    images = to_uint8(generate(model, [all_prompts[i] for i in mine], [seeds[i] for i in mine], settings,
+                               cfg.batch_size, init, cfg.strength, progress=ranks.is_main))  # fmt: skip
 
     out = Path(cfg.out_dir)
-    index = []
-    for i, (image, prompt, seed) in enumerate(zip(images, all_prompts, seeds, strict=True)):
-        name = f"{i // n:04d}_{i % n:02d}.png"
-        save_png(image, out / "images" / name)
-        index.append({"file": f"images/{name}", "prompt": prompt, "seed": seed})
-    save_png(make_grid(images, columns=n), out / "grid.png")
+    names = [f"images/{i // n:04d}_{i % n:02d}.png" for i in range(len(seeds))]
+    for i, image in zip(mine, images, strict=True):
+        save_png(image, out / names[i])
+    images = ranks.gather({"images": images} if mine else {}, torch.tensor(mine, dtype=torch.int64))
+    index = [
+        {"file": name, "prompt": p, "seed": s} for name, p, s in zip(names, all_prompts, seeds, strict=True)
+    ]
+    if not ranks.is_main:
+        return {"run_dir": out, "images": [out / names[i] for i in mine]}
+    save_png(make_grid(images["images"], columns=n), out / "grid.png")
     record = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "step": model.step,
@@ -68,7 +79,10 @@ def sample(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="sample")
 def main(cfg: DictConfig) -> None:
-    sample(cfg)
+    from zsnr.training.cluster import inference_ranks
+
+    with inference_ranks(cfg.devices, "sample", resolve_device(cfg.device)) as ranks:
+        sample(cfg, ranks)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ def test_phi_sweep_multirun_writes_the_summary(setup):
     sweep = tmp / "sweep"
     cmd = [sys.executable, "launch/evaluate.py", "-m", *common, *TINY_METRICS, "metrics.clip=null", "num_images=3",
            "batch_size=3", "guidance.rescale=0,1.0", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Callback" not in proc.stderr  # Hydra turns callback errors into warnings

@@ -29,6 +29,9 @@ from zsnr.evaluation.brightness import mean_brightness
 from zsnr.evaluation.images import iterate_batches, list_images
 from zsnr.models.files import load_state_dict, require_file
 
+# torchmetrics would sum its states over the process group when one exists; the features it is given here are
+# every rank's already (gathered in image order by zsnr.sampling.ranks), and only rank 0 computes.
+LOCAL = {"sync_on_compute": False}
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 
 
@@ -108,7 +111,7 @@ def frechet_distance(reference: ReferenceStats, features: torch.Tensor) -> float
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     dim = _same_dims(reference.features_sum.numel(), features)
-    metric = FrechetInceptionDistance(feature=_Features(dim), reset_real_features=False)
+    metric = FrechetInceptionDistance(feature=_Features(dim), reset_real_features=False, **LOCAL)
     metric.real_features_sum = reference.features_sum.clone()
     metric.real_features_cov_sum = reference.features_cov_sum.clone()
     metric.real_features_num_samples = torch.tensor(reference.num_samples)
@@ -169,7 +172,9 @@ def kernel_inception_distance(
             "images"
         )
     with _quiet_feature_buffer():
-        metric = KernelInceptionDistance(feature=_Features(dim), subsets=subsets, subset_size=subset_size)
+        metric = KernelInceptionDistance(
+            feature=_Features(dim), subsets=subsets, subset_size=subset_size, **LOCAL
+        )
     metric.update(reference_features.double(), real=True)
     metric.update(features.double(), real=False)
     with _seeded(seed):
@@ -183,7 +188,7 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tu
     from torchmetrics.image.inception import InceptionScore
 
     with _quiet_feature_buffer():
-        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+        metric = InceptionScore(feature=nn.Identity(), splits=splits, **LOCAL)
     metric.update(logits.double())
     with _seeded(seed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*degrees of freedom.*")  # std of a single split

@@ -62,6 +62,22 @@ class ImageMetrics:
                 raise ValueError("the CLIP score needs the captions the images were generated from")
             self._clip.append(self.clip.per_image(images, captions))
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """What `compute` reads, one row per image in update order: for gathering over ranks (`load`)."""
+        parts = {
+            "brightness": self._light,
+            "features": self._feats,
+            "logits": self._logits,
+            "clip": self._clip,
+        }
+        return {name: torch.cat(rows) for name, rows in parts.items() if rows}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace what was accumulated with `state` (e.g. every rank's, gathered in image order)."""
+        self._light, self._feats, self._logits, self._clip = (
+            [state[name]] if name in state else [] for name in ("brightness", "features", "logits", "clip")
+        )
+
     def compute(self) -> dict:
         if not self._light:
             raise ValueError("no images were given to the metrics")

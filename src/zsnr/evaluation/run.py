@@ -6,9 +6,12 @@ import json
 import random
 from pathlib import Path
 
+import torch
+
 from zsnr.evaluation.images import save_png, to_uint8
 from zsnr.evaluation.metrics import ImageMetrics
 from zsnr.sampling import SamplingSettings, generate
+from zsnr.sampling.ranks import Ranks
 
 
 def pick_captions(captions: list[str], num_images: int | None, seed: int = 0) -> list[str]:
@@ -32,27 +35,39 @@ def generate_and_measure(
     seed: int = 0,
     save_images: int = 64,
     progress: bool = True,
-) -> dict:
+    ranks: Ranks = Ranks(),
+) -> dict | None:
     """Image i is generated from captions[i] with seed + i, so every run of a sweep sees the same prompts
-    and x_T. The first `save_images` images (-1: all) go to out_dir/images/ with index.json."""
+    and x_T. The first `save_images` images (-1: all) go to out_dir/images/ with index.json.
+
+    On several processes each rank makes its share of the batches (Ranks.batches) and saves its own images;
+    the metrics' inputs are gathered in image order, and rank 0 computes the metrics and returns them (the
+    other ranks return None): the same numbers as one process."""
     out_dir = Path(out_dir)
     keep = len(captions) if save_images < 0 else min(save_images, len(captions))
-    chunks = range(0, len(captions), batch_size)
-    if progress:
+    batches = ranks.batches(len(captions), batch_size)
+    if progress and ranks.is_main:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc=f"evaluate: {len(captions)} images", unit="batch")
-    index = []
-    for start in chunks:
-        caps = captions[start : start + batch_size]
-        seeds = [seed + start + j for j in range(len(caps))]
+        batches = tqdm(
+            batches, desc=f"evaluate: {len(captions)} images on {ranks.world_size} ranks", unit="batch"
+        )
+    index, made = [], []
+    for batch in batches:
+        caps = [captions[i] for i in batch]
+        seeds = [seed + i for i in batch]
         images = to_uint8(generate(model, caps, seeds, settings, batch_size, progress=False))
         metrics.update(images, caps)
-        for j, image in enumerate(images):
-            if start + j < keep:
-                name = f"{start + j:05d}.png"
-                save_png(image, out_dir / "images" / name)
-                index.append({"file": name, "caption": caps[j], "seed": seeds[j]})
+        made.extend(batch)
+        for i, image in zip(batch, images, strict=True):
+            if i < keep:
+                save_png(image, out_dir / "images" / f"{i:05d}.png")
+                index.append({"file": f"{i:05d}.png", "caption": captions[i], "seed": seed + i})
+    index = sorted(ranks.gather_objects(index), key=lambda entry: entry["file"])
+    state = ranks.gather(metrics.state(), torch.tensor(made, dtype=torch.int64))
+    if not ranks.is_main:
+        return None
     if index:
         (out_dir / "images" / "index.json").write_text(json.dumps(index, indent=1))
+    metrics.load(state)
     return metrics.compute()

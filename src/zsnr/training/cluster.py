@@ -33,6 +33,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from zsnr.sampling.ranks import Ranks, from_environment, process_group, spawn
 from zsnr.training.step import every_n_steps
 
 log = logging.getLogger("zsnr.cluster")
@@ -124,8 +125,9 @@ def wait_for_launched_ranks(trainer: pl.Trainer, timeout: float = 600.0) -> None
 
 
 # -- Hydra multirun x Lightning-launched processes ---------------------------------------------------------
-def _job_command(local_rank: int) -> tuple[list[str], str]:
-    """The command Lightning runs for rank `local_rank` of the current multirun job: this job only."""
+def job_command(job_name: str) -> tuple[list[str], str]:
+    """The command line that runs the current Hydra job alone (in a multirun too: its own overrides) in its
+    output directory, as job `job_name`, and the directory to run it from."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd, to_absolute_path
 
@@ -143,10 +145,38 @@ def _job_command(local_rank: int) -> tuple[list[str], str]:
     command += list(hc.overrides.task)
     command += [
         f'hydra.run.dir="{hc.runtime.output_dir}"',
-        f"hydra.job.name=train_ddp_process_{local_rank}",
+        f"hydra.job.name={job_name}",
         "hydra.output_subdir=null",
     ]
     return command, get_original_cwd()
+
+
+def _job_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning runs for rank `local_rank` of the current multirun job: this job only."""
+    return job_command(f"train_ddp_process_{local_rank}")
+
+
+@contextmanager
+def inference_ranks(devices: int, name: str, device: torch.device) -> Iterator[Ranks]:
+    """The processes of a sampling or evaluation job (launch/sample.py, launch/evaluate.py): a launcher's
+    (torchrun, srun: zsnr.sampling.ranks.from_environment), else `devices` on this machine, ranks 1 .. N - 1
+    started here, each running this Hydra job alone (job `{name}_process_{rank}`, its log beside rank 0's)."""
+    if devices < 1:
+        raise ValueError(f"devices must be >= 1, got {devices}")
+    launched = from_environment()
+    if launched is not None:
+        if devices not in (1, launched.world_size):
+            raise ValueError(
+                f"devices={devices} but the launcher started {launched.world_size} processes: leave devices=1 "
+                "under torchrun / srun"
+            )
+        with process_group(launched, device) as ranks:
+            yield ranks
+    elif devices == 1:
+        yield Ranks()
+    else:
+        with spawn(devices, lambda rank: job_command(f"{name}_process_{rank}"), device) as ranks:
+            yield ranks
 
 
 def _in_multirun() -> bool:
