@@ -96,9 +96,12 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
-def checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
-    """A zsnr checkpoint file from a .ckpt path, a run directory or its checkpoints/ folder (their newest)."""
+def checkpoint_file(path: str | Path, what: str = "checkpoint", sharded: bool = False) -> Path:
+    """A zsnr checkpoint file from a .ckpt path, a run directory or its checkpoints/ folder (their newest);
+    with `sharded`, a sharded checkpoint's directory is an answer too (zsnr.training.sharded reads it)."""
     path = _newest_in_run(Path(path).expanduser(), f"{what} {path}")
+    if path.is_dir() and sharded and (path / ".metadata").is_file():
+        return path
     if path.is_dir():
         raise ValueError(
             f"{what} {path} is a directory (a sharded checkpoint); consolidate it into one file first "

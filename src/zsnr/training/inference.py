@@ -13,6 +13,7 @@ from zsnr.models import Tokenizer, build_components
 from zsnr.models.schedule import Schedule
 from zsnr.sampling import text_to_image
 from zsnr.training.checkpointing import checkpoint_file, load_mapped
+from zsnr.training.sharded import read_sharded
 
 
 @dataclass
@@ -51,10 +52,12 @@ def load_for_inference(
     replaces keys of that config (e.g. {"path": ...} when the base model lives elsewhere on this machine).
     The file is memory-mapped (torch.load(weights_only=True, mmap=True)): only what is used is read (not the
     optimizer state), and the UNet's parameters are the mapped tensors themselves (copy-on-write), so SD 2.1's
-    3.5 GB UNet is never copied on the CPU.
+    3.5 GB UNet is never copied on the CPU. A sharded (FSDP) checkpoint directory is read as it is, only the
+    UNet weights used (zsnr.training.sharded), each once.
     """
-    path = checkpoint_file(ckpt_path)
-    ckpt = load_mapped(path)
+    path = checkpoint_file(ckpt_path, sharded=True)
+    prefix = "ema_unet." if use_ema else "unet."
+    ckpt = read_sharded(path, prefix) if path.is_dir() else load_mapped(path)
     if "hyper_parameters" not in ckpt or "zsnr" not in ckpt:
         raise ValueError(f"{path} is not a zsnr training checkpoint (no hyper_parameters / zsnr entries)")
     hp = ckpt["hyper_parameters"]
@@ -66,7 +69,6 @@ def load_for_inference(
             "zsnr.diffusion; sampling would use another schedule than the one trained with."
         )
     parts = build_components(spec, pretrained_unet=False, empty_unet=True)
-    prefix = "ema_unet." if use_ema else "unet."
     weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     parts.unet.load_state_dict(weights, assign=True)  # the UNet was built empty (meta device)
     left = [name for name, t in [*parts.unet.named_parameters(), *parts.unet.named_buffers()] if t.is_meta]
