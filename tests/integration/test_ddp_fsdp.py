@@ -212,3 +212,23 @@ def test_fsdp_resumes_from_its_sharded_checkpoint(sweep, reference, tmp_path):
         torch.testing.assert_close(value, want["state_dict"][f"ema_unet.{name}"], rtol=0, atol=1e-6)
     image = model.generate(["a white background"], [0], num_steps=2)
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_sharded_checkpoint_is_read_without_consolidation(sweep, tmp_path):
+    """load_for_inference (sample, evaluate, export) reads step=N.ckpt/ itself: the UNet it asks for, nothing
+    else, equal to the consolidated checkpoint's."""
+    from zsnr.training import load_for_inference
+    from zsnr.training.sharded import read_sharded
+
+    sharded = step_file(sweep / "1", N)
+    full = consolidate(sharded)["state_dict"]
+    read = read_sharded(sharded, "ema_unet.")
+    assert read["global_step"] == N and all(k.startswith("ema_unet.") for k in read["state_dict"])
+    for use_ema, prefix in ((True, "ema_unet."), (False, "unet.")):
+        model = load_for_inference(sharded, use_ema=use_ema)
+        for name, value in model.unet.state_dict().items():
+            assert torch.equal(value, full[prefix + name]), (prefix, name)
+    cfg = compose("sample", [f"checkpoint='{sharded}'", "prompts=[a white background]", "num_steps=2",
+                             f"out_dir={tmp_path}"])  # fmt: skip
+    launch_module("sample").sample(cfg)
+    assert (tmp_path / "grid.png").is_file()
