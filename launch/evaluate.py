@@ -25,7 +25,7 @@ CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 
 def evaluate(cfg: DictConfig) -> dict:
     """Everything `python launch/evaluate.py` does; returns the metrics and the path of metrics.json."""
-    from zsnr.training import load_for_inference
+    from zsnr.sampling import load_for_inference
 
     # Cheap checks first (options, captions, metric weights), before the model loads or an image is made.
     device = resolve_device(cfg.device)

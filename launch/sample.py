@@ -19,7 +19,7 @@ CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 
 def sample(cfg: DictConfig) -> dict:
     """Everything `python launch/sample.py` does; returns the run directory and the image files."""
-    from zsnr.training import load_for_inference
+    from zsnr.sampling import load_for_inference
 
     prompts = list(cfg.prompts) + (read_prompts(cfg.prompts_file) if cfg.prompts_file else [])
     if not prompts:

@@ -205,7 +205,7 @@ def test_fsdp_resumes_from_its_sharded_checkpoint(sweep, reference, tmp_path):
     )
     assert max_weight_difference(full["state_dict"], want["state_dict"]) < 1e-6
 
-    from zsnr.training import load_for_inference
+    from zsnr.sampling import load_for_inference
 
     model = load_for_inference(step_file(run, 2 * N).parent / (step_file(run, 2 * N).name + ".consolidated"))
     for name, value in model.unet.state_dict().items():
