@@ -268,7 +268,7 @@ class DiffusionModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         """Lightning calls this once the processes exist: compile / shard the UNet, and its EMA the same way."""
-        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None  # FSDP2 only
+        mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None  # FSDP2 only
         if mesh is not None and self.hparams.ema_on_cpu:
             raise ValueError(EMA_ON_CPU_UNDER_FSDP)
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
