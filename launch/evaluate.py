@@ -30,7 +30,7 @@ CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 def evaluate(cfg: DictConfig, ranks: Ranks = Ranks()) -> dict:
     """Everything `python launch/evaluate.py` does on one rank of `ranks`; returns the metrics and the path
     of metrics.json (rank 0; None on the others)."""
-    from zsnr.training import load_for_inference
+    from zsnr.sampling import load_for_inference
 
     # Cheap checks first (options, captions, metric weights), before the model loads or an image is made.
     device = ranks.device(resolve_device(cfg.device))

@@ -25,7 +25,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def export(cfg: DictConfig) -> Path:
-    from zsnr.training import load_for_inference
+    from zsnr.sampling import load_for_inference
 
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")

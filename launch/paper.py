@@ -38,8 +38,7 @@ from zsnr.evaluation.fid import ReferenceStats, extract, frechet_distance
 from zsnr.evaluation.images import labelled_grid, save_png, to_uint8
 from zsnr.evaluation.paper import saturated_fraction, spread_at_T, x0_trajectory
 from zsnr.evaluation.paper_report import NOT_REFUSED, plain, write_paper_report
-from zsnr.sampling import generate
-from zsnr.training import load_for_inference
+from zsnr.sampling import generate, load_for_inference
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 

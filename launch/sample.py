@@ -24,7 +24,7 @@ CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 def sample(cfg: DictConfig, ranks: Ranks = Ranks()) -> dict:
     """Everything `python launch/sample.py` does on one rank of `ranks`; returns the run directory and the
     image files (every rank saves its own share; rank 0 the grid and settings.json)."""
-    from zsnr.training import load_for_inference
+    from zsnr.sampling import load_for_inference
 
     prompts = list(cfg.prompts) + (read_prompts(cfg.prompts_file) if cfg.prompts_file else [])
     if not prompts:

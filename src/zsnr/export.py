@@ -77,7 +77,7 @@ def _drop_source_paths(out_dir: Path) -> None:
 
 
 def export_diffusers(model, out_dir: str | Path, audit: bool = True) -> Path:
-    """Write `model` (a zsnr.training.InferenceModel) as a diffusers StableDiffusionPipeline folder."""
+    """Write `model` (a zsnr.sampling.InferenceModel) as a diffusers StableDiffusionPipeline folder."""
     from diffusers import StableDiffusionPipeline
 
     vae = getattr(model.autoencoder, "vae", None)

@@ -38,7 +38,7 @@ HEADER = (
 
 
 def inference_config(model) -> dict[str, Any]:
-    """The yaml of `model` (a zsnr.training.InferenceModel); refuses models the original layout cannot hold."""
+    """The yaml of `model` (a zsnr.sampling.InferenceModel); refuses models the original layout cannot hold."""
     unet, vae, schedule = dict(model.unet.config), getattr(model.autoencoder, "vae", None), model.schedule
     if vae is None:
         raise ValueError("a pixel-space model (no AutoencoderKL) has no original SD single-file layout")

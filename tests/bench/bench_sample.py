@@ -32,8 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from zsnr.models import build_components
 from zsnr.models.schedule import Schedule
-from zsnr.sampling import SamplingSettings, generate, image_generators, initial_noise
-from zsnr.training import InferenceModel
+from zsnr.sampling import InferenceModel, SamplingSettings, generate, image_generators, initial_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [

@@ -205,7 +205,7 @@ def test_fsdp_resumes_from_its_sharded_checkpoint(sweep, reference, tmp_path):
     )
     assert max_weight_difference(full["state_dict"], want["state_dict"]) < 1e-6
 
-    from zsnr.training import load_for_inference
+    from zsnr.sampling import load_for_inference
 
     model = load_for_inference(step_file(run, 2 * N).parent / (step_file(run, 2 * N).name + ".consolidated"))
     for name, value in model.unet.state_dict().items():
@@ -217,8 +217,8 @@ def test_fsdp_resumes_from_its_sharded_checkpoint(sweep, reference, tmp_path):
 def test_sharded_checkpoint_is_read_without_consolidation(sweep, tmp_path):
     """load_for_inference (sample, evaluate, export) reads step=N.ckpt/ itself: the UNet it asks for, nothing
     else, equal to the consolidated checkpoint's."""
-    from zsnr.training import load_for_inference
-    from zsnr.training.sharded import read_sharded
+    from zsnr.models.checkpoint import read_sharded
+    from zsnr.sampling import load_for_inference
 
     sharded = step_file(sweep / "1", N)
     full = consolidate(sharded)["state_dict"]

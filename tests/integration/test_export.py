@@ -16,8 +16,7 @@ from zsnr.export import clip_tokenizer, export_diffusers, open_clip_to_clip_text
 from zsnr.models import IdentityAutoencoder
 from zsnr.models.schedule import Schedule
 from zsnr.models.text import OpenCLIPTextEncoder, Tokenizer
-from zsnr.sampling import image_generators, initial_noise
-from zsnr.training import load_for_inference
+from zsnr.sampling import image_generators, initial_noise, load_for_inference
 
 PROMPTS = ["a solid black background", "a white background, 4k (masterpiece)", ""]
 

@@ -12,7 +12,8 @@ from training_helpers import compose, launch_module, tiny_run
 
 from zsnr.diffusion import alphas_cumprod, make_betas, rescale_zero_terminal_snr
 from zsnr.export import export_diffusers
-from zsnr.training import DiffusionModule, load_for_inference
+from zsnr.sampling import load_for_inference
+from zsnr.training import DiffusionModule
 
 SD_FLAWED = {"betas": "scaled_linear", "rescale_zero_terminal_snr": False, "prediction_type": "epsilon",
              "spacing": "leading", "guidance_rescale": 0.0}  # fmt: skip

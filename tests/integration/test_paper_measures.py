@@ -5,8 +5,7 @@ import torch
 from tiny_checkpoint import shared_tiny_checkpoint
 
 from zsnr.evaluation.paper import saturated_fraction, spread_at_T, x0_trajectory
-from zsnr.sampling import SamplingSettings, generate
-from zsnr.training import load_for_inference
+from zsnr.sampling import SamplingSettings, generate, load_for_inference
 
 
 def test_spread_at_T_closed_form():

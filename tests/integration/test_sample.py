@@ -11,8 +11,7 @@ from tiny_checkpoint import shared_tiny_checkpoint
 from training_helpers import compose, launch_module
 
 from zsnr.evaluation.images import save_png, to_uint8
-from zsnr.sampling import SamplingSettings, generate
-from zsnr.training import load_for_inference
+from zsnr.sampling import SamplingSettings, generate, load_for_inference
 
 PROMPTS = ["a solid black background", "a white background"]
 

@@ -13,8 +13,7 @@ from training_helpers import ROOT, compose, launch_module, tiny_run
 
 from zsnr.data import to_model_range
 from zsnr.models.schedule import Schedule
-from zsnr.sampling import mean_brightness
-from zsnr.training import load_for_inference
+from zsnr.sampling import load_for_inference, mean_brightness
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from zsnr.evaluation.fid import reference_statistics
 from zsnr.evaluation.images import save_png, to_uint8
 from zsnr.evaluation.metrics import ImageMetrics
 from zsnr.evaluation.training_metrics import GenerationMetrics, flatten
-from zsnr.sampling import SamplingSettings, generate
-from zsnr.training import load_for_inference
+from zsnr.sampling import SamplingSettings, generate, load_for_inference
 
 CAPTIONS = ["a solid black background", "a white background", "a gray background", "snow", "night"]
 TINY = "callbacks.generation_metrics"

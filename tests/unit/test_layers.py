@@ -42,15 +42,8 @@ WITHOUT_LIGHTNING = [
     "zsnr.export",
     "zsnr.single_file",
     "zsnr.audit",
-    "zsnr.training.inference",
+    "zsnr.models.checkpoint",
 ]
-# Known exceptions, each to leave this list when the reason goes.
-PULLS_IN_LIGHTNING = {
-    # The checkpoint reader (load_for_inference) lives in the training package, whose __init__ imports the
-    # LightningModule, and reads files through training/checkpointing.py, which imports Lightning; it leaves
-    # when the checkpoint format has its own module.
-    "zsnr.training.inference",
-}
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -190,16 +183,8 @@ def test_metrics_never_import_an_experiment():
 @pytest.mark.parametrize("part", WITHOUT_LIGHTNING)
 def test_sampling_export_audit_and_checkpoint_reading_without_lightning(part):
     for start in [n for n in MODULES if n == part or n.startswith(part + ".")]:
-        if start in PULLS_IN_LIGHTNING:
-            continue
         reached = _reach(start)
         lightning = sorted(reached & LIGHTNING)
         assert not lightning, (
             f"{start} pulls in {lightning}, through {sorted(n for n in reached if n in MODULES)}"
         )
-
-
-@pytest.mark.parametrize("name", sorted(PULLS_IN_LIGHTNING))
-def test_each_known_exception_is_still_one(name):
-    """An exception that no longer pulls Lightning in leaves PULLS_IN_LIGHTNING, so the contract covers it."""
-    assert LIGHTNING & _reach(name), f"{name} runs without Lightning now: remove it from PULLS_IN_LIGHTNING"

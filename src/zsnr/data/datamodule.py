@@ -15,13 +15,13 @@ from zsnr.data.buckets import BucketSpec, bucket_sizes
 from zsnr.data.filters import LaionFilter
 from zsnr.data.http_shards import HttpOptions, is_http, missing_http_shards
 from zsnr.data.latents import check_cache
+from zsnr.data.position import StreamState, fingerprint
 from zsnr.data.resume import ResumableLoader, StreamTracker
 from zsnr.data.shards import UrlSpec, missing_local_shards, parse_sources
 from zsnr.data.stream import ShardStream, Tokenizer
 from zsnr.data.synthetic import SyntheticSet, ensure_synthetic_shards, synthetic_url_pattern
 
 log = logging.getLogger("zsnr.data")
-STATE_VERSION = 1
 
 
 RUN_KEYS = {
@@ -275,29 +275,20 @@ class WebDataModule(pl.LightningDataModule):
         return dict(self.tracker.stats) if self.tracker is not None else {}
 
     def _fingerprint(self) -> dict[str, Any]:
-        keys = ("batch_size", "shuffle_buffer", "resampled", "epoch_length", "seed", "decode")
-        rank, world = self._rank_world()
-        # buckets only when on: positions saved before they existed still match a run without them
-        buckets = {} if self.buckets is None else {"buckets": [self.buckets.step, self.buckets.max_aspect]}
-        return {
-            **{k: self.stream_kwargs[k] for k in keys},
-            "num_workers": max(1, self.num_workers),
-            "world_size": world,
-            "shards": [len(s.urls) for s in self.sources],
-            **buckets,
-        }
+        buckets = None if self.buckets is None else [self.buckets.step, self.buckets.max_aspect]
+        shards = [len(s.urls) for s in self.sources]
+        return fingerprint(self.stream_kwargs, self.num_workers, self._rank_world()[1], shards, buckets)
 
     def state_dict(self) -> dict[str, Any]:
-        """Every rank's stream position (gathered when distributed: Lightning saves rank 0's copy)."""
+        """Every rank's stream position (gathered when distributed: Lightning saves rank 0's copy), in the dict
+        form of zsnr.data.position.StreamState."""
         if self.tracker is None:
             return {}
-        rank, world = self._rank_world()
-        mine = {"position": self.tracker.position, "stats": dict(self.tracker.stats)}
-        ranks = [mine]
+        ranks, world = [self.tracker.state()], self._rank_world()[1]
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             ranks = [None] * world
-            torch.distributed.all_gather_object(ranks, mine)
-        return {"version": STATE_VERSION, "fingerprint": self._fingerprint(), "ranks": ranks}
+            torch.distributed.all_gather_object(ranks, self.tracker.state())
+        return StreamState(self._fingerprint(), tuple(ranks)).to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -309,8 +300,8 @@ class WebDataModule(pl.LightningDataModule):
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         rank, world = self._rank_world()
-        expected = {"version": STATE_VERSION, "fingerprint": self._fingerprint()}
-        self.tracker.restore(state, expected, rank, world, self.stream_kwargs["seed"])
+        saved = StreamState.from_dict(state)
+        self.tracker.restore(saved, self._fingerprint(), rank, world, self.stream_kwargs["seed"])
 
 
 class Windows:

@@ -16,7 +16,6 @@ workers read and reject a lot), it raises SystemExit(143) at once; the workers t
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import signal
 import threading
@@ -26,19 +25,21 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from zsnr.data.position import STATE_VERSION, RankState, StreamPosition, StreamState
 from zsnr.data.stats import ShardFailureGuard
-from zsnr.data.stream import END_OF_STREAM, ShardStream, fresh_position
+from zsnr.data.stream import END_OF_STREAM, ShardStream
 
 log = logging.getLogger("zsnr.data")
 
 
 class StreamTracker:
     """Position of one rank's stream in what the training loop has consumed, its summed data stats, and the
-    failed-shard limit judged on those sums (stats.ShardFailureGuard: every worker, epoch and resume)."""
+    failed-shard limit judged on those sums (stats.ShardFailureGuard: every worker, epoch and resume). The only
+    code that moves a StreamPosition (zsnr.data.position)."""
 
     def __init__(self, finite: bool, batches_per_rank: int | None, max_bad_shard_fraction: float = 0.1):
         self.finite, self.batches_per_rank = finite, batches_per_rank
-        self.position = fresh_position()
+        self.position = StreamPosition()
         self.stats: Counter[str] = Counter()
         self.shard_guard = ShardFailureGuard(max_bad_shard_fraction)
 
@@ -46,63 +47,49 @@ class StreamTracker:
         """Record a batch as used. A batch of an epoch that already ended (prefetched) only adds stats."""
         self.stats.update(batch.get("stats", {}))
         self.shard_guard.consumed(self.stats, batch.get("failed_shards", ()))
-        resume = batch.get("resume")
-        if resume is None or resume["epoch"] != self.position["epoch"]:
+        report = batch.get("resume")
+        if report is None or report["epoch"] != self.position.epoch:
             return
-        self.position["workers"][resume["worker"]] = {
-            "token": list(resume["token"]),
-            "batches": resume["batches"],
-            "shards": resume.get("shards"),
-            "buffered": resume.get("buffered", []),  # samples waiting in bucket buffers: read again on resume
-        }
-        self.position["last_worker"] = resume["worker"]
-        total = sum(w["batches"] for w in self.position["workers"].values())
-        if self.batches_per_rank is not None and not self.finite and total >= self.batches_per_rank:
-            self.finish_epoch(resume["epoch"])
+        self.position = self.position.after_batch(report)
+        if (
+            self.batches_per_rank is not None
+            and not self.finite
+            and self.position.batches >= self.batches_per_rank
+        ):
+            self.finish_epoch(report["epoch"])
+
+    def state(self) -> RankState:
+        return RankState(self.position, dict(self.stats))
 
     def restore(
-        self, state: dict[str, Any], expected: dict[str, Any], rank: int, world: int, seed: int
+        self, state: StreamState, fingerprint: dict[str, Any], rank: int, world: int, seed: int
     ) -> None:
-        """Take this rank's position and counts from a saved state (WebDataModule.state_dict). `expected`:
-        the version and fingerprint (batch size, workers, world size, buckets, ...) of this run's stream."""
-        ranks = state["ranks"]
-        for saved in ranks[rank::world]:  # every saved rank's counts go to one rank: their sum is kept
-            self.stats.update(saved["stats"])
-        fingerprint = state.get("fingerprint", {})
-        if state.get("version") == expected["version"] and fingerprint == expected["fingerprint"]:
-            self.position = ranks[rank]["position"]
+        """Take this rank's position and counts from a saved state (WebDataModule.state_dict). `fingerprint`:
+        that of this run's stream (batch size, workers, world size, buckets, ...)."""
+        self.stats.update(state.stats(rank, world))
+        if state.continues(fingerprint):
+            self.position = state.ranks[rank].position
             return
-        # The saved positions name shards and blocks of another layout: replaying the epoch from its start would
-        # show the run's first samples again. Go on with a fresh shard order and shuffle, keyed on the position.
-        position = ranks[0]["position"]
-        epoch = position["epoch"]
-        consumed = sum(w["batches"] for r in ranks for w in r["position"]["workers"].values())
-        key = f"{position.get('reseed', '')}/{epoch}.{consumed}".lstrip("/")
-        now = expected["fingerprint"]
-        changed = {k: (fingerprint.get(k), now.get(k)) for k in {**fingerprint, **now}
-                   if fingerprint.get(k) != now.get(k)}  # fmt: skip
+        self.position = state.reseeded()
         log.warning(
             "cannot continue the data stream exactly: %s changed (saved, now) since it was saved; data epoch %d goes "
             "on with a fresh shard order and shuffle (seed %s extended with %r: %d batches were consumed). The run's "
             "first batches are not replayed, but in exact mode samples already shown in this epoch can come again "
             "(the rest of the epoch is a fresh pass).",
-            changed or f"the state format (version {state.get('version')}, now {expected['version']})",
-            epoch,
+            state.changes(fingerprint) or f"the state format (version {state.version}, now {STATE_VERSION})",
+            self.position.epoch,
             seed,
-            key,
-            consumed,
+            self.position.reseed,
+            sum(r.position.batches for r in state.ranks),
         )
-        self.position = {**fresh_position(epoch), "reseed": key}
 
     def finish_epoch(self, epoch: int) -> None:
         """Move to epoch+1 (idempotent). Finite mode starts the next pass; endless streams keep their tokens (and
         the fresh randomness of a stream that could not continue exactly, which the tokens refer to)."""
-        if self.position["epoch"] != epoch:
+        if self.position.epoch != epoch:
             return
         log.info("data epoch %d done: %s", epoch, dict(self.stats))
-        workers = {} if self.finite else {w: {**s, "batches": 0} for w, s in self.position["workers"].items()}
-        reseed = {} if self.finite or "reseed" not in self.position else {"reseed": self.position["reseed"]}
-        self.position = {**fresh_position(epoch + 1), "workers": workers, **reseed}
+        self.position = self.position.next_epoch(self.finite)
 
 
 class ResumableLoader:
@@ -125,9 +112,8 @@ class ResumableLoader:
         self.loader = DataLoader(dataset, batch_size=None, **loader_kwargs)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.dataset.position = copy.deepcopy(self.tracker.position)
-        epoch = self.dataset.position["epoch"]
-        delivered = sum(w["batches"] for w in self.dataset.position["workers"].values())
+        self.dataset.position = self.tracker.position  # immutable: the tracker replaces it, never changes it
+        epoch, delivered = self.tracker.position.epoch, self.tracker.position.batches
         counts_before = Counter(self.tracker.stats)
         batches = iter(self.loader)
         while True:

@@ -26,16 +26,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from zsnr.data.buckets import BucketBuffers, BucketSpec, bucket_sizes
 from zsnr.data.filters import LaionFilter
 from zsnr.data.http_shards import HttpOptions
+from zsnr.data.position import StreamPosition, WorkerCursor, report
 from zsnr.data.samples import SampleReader, Tokenizer, collate
 from zsnr.data.shards import BadData, ShardPlan, Source, read_shard
 from zsnr.data.stats import DataStats, ShardVerdicts
 
 DECODE_MODES = ("images", "latents")
 END_OF_STREAM = "end_of_stream"
-
-
-def fresh_position(epoch: int = 0) -> dict[str, Any]:
-    return {"epoch": epoch, "last_worker": -1, "workers": {}}
 
 
 class ShardStream(IterableDataset):
@@ -81,7 +78,7 @@ class ShardStream(IterableDataset):
         self.reader = SampleReader(decode, self.filters, self.sizes, random_crop, random_flip)
         self.rank, self.world_size = rank, world_size
         self.max_bad_shard_fraction, self.http = max_bad_shard_fraction, http or HttpOptions()
-        self.position = fresh_position()
+        self.position = StreamPosition()  # set by zsnr.data.resume before each epoch
         self.report_end = False
         self._seed: int | str = seed
 
@@ -98,11 +95,10 @@ class ShardStream(IterableDataset):
         physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
         # Rotate roles so that the DataLoader's first request goes to the worker that was next when the
         # position was saved: the resumed batch order then equals the uninterrupted one.
-        worker = (physical + self.position["last_worker"] + 1) % num_workers
+        worker = (physical + self.position.last_worker + 1) % num_workers
         g = self.rank * num_workers + worker
-        # a stream that could not continue exactly goes on with fresh randomness (WebDataModule._apply_state)
-        reseed = self.position.get("reseed")
-        self._seed = self.seed if reseed is None else f"{self.seed}/resumed/{reseed}"
+        # a stream that could not continue exactly goes on with fresh randomness (zsnr.data.position)
+        self._seed = self.position.seed(self.seed)
         plan = ShardPlan(self.sources, self._seed, self.resampled, g, self.world_size * num_workers)
         token, stop, quota, done = self._start(plan, worker, num_workers)
         if quota is not None and done >= quota:
@@ -111,16 +107,15 @@ class ShardStream(IterableDataset):
         stats = DataStats(where, self.filters.counter_names(), self.max_bad_shard_fraction)
         # Re-reading from a saved token counts again what the saved batch's counts already held (its shuffle
         # block, and what was read ahead): until the first sample decodes, exactly that is read, then dropped.
-        saved = self.position["workers"].get(worker)
+        saved = self.position.workers.get(worker)
         self._recounting = saved is not None
         self._shards = ShardVerdicts(self.max_bad_fraction, where, muted=self._recounting)
-        self._saved_shards = saved.get("shards") if saved else None
+        self._saved_shards = saved.shards if saved else None
         samples = self._shuffled(self._records(plan, token[0], token[1], stop, stats), plan, g, token)
-        tag = {"epoch": self.position["epoch"], "worker": worker}
+        tag = (self.position.epoch, worker)
         buffers = BucketBuffers(self.batch_size)
-        buffered = (saved or {}).get("buffered") or []  # absent in positions saved before buckets
         for item in self.reader.reread(
-            buffered, lambda o: next(plan.tasks(o)).url, self.http, f"{self._seed}/{g}"
+            saved.buffered if saved else (), lambda o: next(plan.tasks(o)).url, self.http, f"{self._seed}/{g}"
         ):
             buffers.add(item)  # fewer than a batch per bucket: nothing comes out
         yield from self._batches(samples, stats, g, tag, token, done, quota, buffers)
@@ -130,15 +125,15 @@ class ShardStream(IterableDataset):
 
     def _start(
         self, plan: ShardPlan, worker: int, num_workers: int
-    ) -> tuple[list, int | None, int | None, int]:
+    ) -> tuple[tuple[int, ...], int | None, int | None, int]:
         """(token to start from, ordinal to stop at, batch quota for this epoch, batches already delivered)."""
-        saved = self.position["workers"].get(worker)
-        done = saved["batches"] if saved else 0
+        saved = self.position.workers.get(worker)
+        done = saved.batches if saved else 0
         if self.finite:
-            epoch = self.position["epoch"]
-            token = saved["token"] if saved else [plan.first_ordinal(epoch), 0, 0]
+            epoch = self.position.epoch
+            token = saved.token if saved else (plan.first_ordinal(epoch), 0, 0)
             return token, plan.first_ordinal(epoch + 1), None, done
-        token = saved["token"] if saved else [0, 0, 0]
+        token = saved.token if saved else (0, 0, 0)
         quota = (
             None if self.epoch_length is None else len(range(worker, self.batches_per_rank(), num_workers))
         )
@@ -149,7 +144,7 @@ class ShardStream(IterableDataset):
         samples: Iterator,
         stats: DataStats,
         g: int,
-        tag: dict,
+        tag: tuple[int, int],
         token: Sequence[int],
         done: int,
         quota: int | None,
@@ -165,9 +160,8 @@ class ShardStream(IterableDataset):
         def batch(content: list, at: Sequence[int], buffered: list) -> dict[str, Any]:
             nonlocal done
             done += 1
-            resume = {**tag, "token": list(at), "batches": done, "shards": self._shards.state(),
-                      "buffered": buffered}  # fmt: skip
-            return self._collate(content, stats, resume)
+            cursor = WorkerCursor(tuple(at), done, self._shards.state(), tuple(map(tuple, buffered)))
+            return self._collate(content, stats, report(*tag, cursor))
 
         for record, position in samples:
             try:

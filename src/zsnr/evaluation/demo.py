@@ -223,7 +223,7 @@ def sample_model(
 ) -> dict[str, torch.Tensor]:
     """Load a checkpoint and sample its image sets (and the sampler checks) with the model's own spacing and
     phi; saves the PNGs under `folder`. A function of plain values, so it runs in a worker process too."""
-    from zsnr.training import load_for_inference
+    from zsnr.sampling import load_for_inference
 
     if threads:
         torch.set_num_threads(threads)

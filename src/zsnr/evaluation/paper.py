@@ -2,7 +2,7 @@
 (the paper's Figure 5), over-exposure (Figure 6), and the claims table that compares each number with the
 paper's statement of it.
 
-Every function takes a loaded model (zsnr.training.InferenceModel) or uint8 images, so launch/paper.py and
+Every function takes a loaded model (zsnr.sampling.InferenceModel) or uint8 images, so launch/paper.py and
 the tests run the same code.
 """
 

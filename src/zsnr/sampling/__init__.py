@@ -1,6 +1,8 @@
 """Sampling: one setup (zsnr.sampling.setup's `prepare`) behind text-to-image, image-to-image, `generate` and
-the x0 trajectory of zsnr.evaluation.paper, and one owner of the settings (`SamplingSettings`)."""
+the x0 trajectory of zsnr.evaluation.paper, one owner of the settings (`SamplingSettings`), and the loading
+of a training checkpoint for sampling, evaluation or export (`load_for_inference`)."""
 
+from zsnr.sampling.inference import InferenceModel, load_for_inference
 from zsnr.sampling.pipelines import generate, image_to_image, read_prompts, text_to_image
 from zsnr.sampling.settings import DTYPES, SamplingSettings, autocast, resolve_device, resolve_dtype
 from zsnr.sampling.setup import (
@@ -16,6 +18,7 @@ from zsnr.sampling.setup import (
 
 __all__ = [
     "DTYPES",
+    "InferenceModel",
     "SamplingSettings",
     "Setup",
     "autocast",
@@ -25,6 +28,7 @@ __all__ = [
     "image_to_image",
     "initial_noise",
     "latent_shape",
+    "load_for_inference",
     "mean_brightness",
     "prepare",
     "prompt_states",

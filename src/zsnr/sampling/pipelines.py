@@ -96,7 +96,7 @@ def generate(
 ) -> torch.Tensor:
     """Images in [-1, 1] (float32, CPU, [N, 3, H, W]) for (prompt, seed) pairs, `batch_size` at a time.
 
-    `model` is a zsnr.training.InferenceModel. Its schedule (what it was trained with) is kept; the sampler,
+    `model` is a zsnr.sampling.InferenceModel. Its schedule (what it was trained with) is kept; the sampler,
     the spacing and phi come from `settings`. `init_image` ([3, H, W] in [-1, 1], the model's resolution) turns
     on image-to-image for every prompt. A seed fixes x_T and, for stochastic samplers (ddpm, euler_ancestral,
     eta > 0), every later draw (one CPU generator per image): an image does not depend on the batch it is in.

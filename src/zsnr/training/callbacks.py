@@ -11,7 +11,6 @@ import logging
 import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from zsnr.data import WebDataModule, summary_line
+from zsnr.data.position import StreamState
 from zsnr.sampling import DTYPES, mean_brightness, resolve_dtype
 from zsnr.training.step import every_n_steps
 
@@ -129,14 +129,14 @@ class DataStatsLogger(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        """Collective, like the datamodule's state_dict it calls: every rank saves, every rank takes part."""
         datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(datamodule, WebDataModule) or not trainer.is_global_zero:
+        if not isinstance(datamodule, WebDataModule):
             return
-        state = checkpoint.get(type(datamodule).__qualname__) or {}  # every rank's counts, gathered already
-        totals: Counter[str] = Counter()
-        for rank in state.get("ranks", []):
-            totals.update(rank["stats"])
-        log.info("data at step %d (all ranks): %s", trainer.global_step, summary_line(totals))
+        state = datamodule.state_dict()  # every rank's counts, gathered
+        if state and trainer.is_global_zero:
+            totals = StreamState.from_dict(state).stats(rank=0, world=1)  # all ranks' counts to one
+            log.info("data at step %d (all ranks): %s", trainer.global_step, summary_line(totals))
 
 
 class SampleGrid(pl.Callback):

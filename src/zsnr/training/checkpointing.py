@@ -18,50 +18,21 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from zsnr.models.checkpoint import LAST, load_mapped, newest_checkpoint, newest_in_run
 from zsnr.training.step import every_n_steps
-
-LAST = "last.ckpt"
 
 
 def step_name(step: int) -> str:
     return f"step={step:06d}.ckpt"
-
-
-def rng_states() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and python RNG states as tensors and ints (safe for weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "gauss": [has_gauss, cached],
-        },
-        "python": random.getstate(),
-    }
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    n = states["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], *n["gauss"]))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
@@ -94,51 +65,6 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         if "optimizer_states" in checkpoint:
             checkpoint["optimizer_states"] = load_mapped(path, map_location, weights_only)["optimizer_states"]
         return checkpoint
-
-
-def checkpoint_file(path: str | Path, what: str = "checkpoint", sharded: bool = False) -> Path:
-    """A zsnr checkpoint file from a .ckpt path, a run directory or its checkpoints/ folder (their newest);
-    with `sharded`, a sharded checkpoint's directory is an answer too (zsnr.training.sharded reads it)."""
-    path = _newest_in_run(Path(path).expanduser(), f"{what} {path}")
-    if path.is_dir() and sharded and (path / ".metadata").is_file():
-        return path
-    if path.is_dir():
-        raise ValueError(
-            f"{what} {path} is a directory (a sharded checkpoint); consolidate it into one file first "
-            "(python -m lightning_fabric.utilities.consolidate_checkpoint, see the README's FSDP section)"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path}: no such file")
-    return path
-
-
-def _newest_in_run(path: Path, what: str) -> Path:
-    """A run directory or its checkpoints/ folder stands for its newest checkpoint; anything else is itself."""
-    if not path.is_dir() or path.name.endswith(".ckpt"):  # a sharded FSDP checkpoint is a *.ckpt directory
-        return path
-    found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(f"{what}: no checkpoint in {path} or {path / 'checkpoints'}")
-    return found
-
-
-def load_mapped(path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
-    """torch.load with the tensors memory-mapped (copy-on-write) from the file: only what is used is read.
-    A file torch cannot read (truncated, empty, not a checkpoint) is a ValueError that names it."""
-    try:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=weights_only, mmap=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        if "mmap" in str(err) and "zip" not in str(err):
-            raise ValueError(
-                f"{path} cannot be memory-mapped ({err}); it was written with torch.save's legacy format. Load "
-                "it once with torch.load and save it again with torch.save (the zip format, the default since "
-                "torch 1.6)"
-            ) from err
-        size = os.path.getsize(path) if os.path.isfile(path) else 0
-        raise ValueError(
-            f"{path} ({size} bytes) is not a readable checkpoint: {type(err).__name__}: {err or 'empty file'}. "
-            "A truncated or empty file is what a crash or a full disk mid-save leaves"
-        ) from err
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -220,7 +146,7 @@ def resolve_resume(resume: str | None, checkpoint_dir: str | os.PathLike) -> str
             f"resume=auto: {'continuing from ' + str(found) if found else 'no checkpoint yet, fresh start'}"
         )
         return str(found) if found else None
-    path = _newest_in_run(Path(resume).expanduser(), f"resume={resume}")
+    path = newest_in_run(Path(resume).expanduser(), f"resume={resume}")
     if not path.exists():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint. Use resume=auto or a path to a .ckpt")
     if path.is_file():  # (a sharded FSDP checkpoint is a directory, read by torch.distributed.checkpoint)
@@ -245,15 +171,6 @@ def _readable_newest(directory: Path) -> Path | None:
     if candidates:
         raise ValueError(f"resume=auto: no checkpoint in {directory} is readable ({len(candidates)} tried)")
     return None
-
-
-def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
-    directory = Path(checkpoint_dir)
-    last = directory / LAST
-    if last.exists():  # a dangling link (its target pruned by hand) falls through to the step files
-        return last.resolve()
-    steps = sorted(directory.glob("step=*.ckpt"))
-    return steps[-1] if steps else None
 
 
 def steps_under_manual_optimisation(checkpoint: dict[str, Any]) -> None:

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from zsnr.models.checkpoint import PREFIXES, TrainingCheckpoint
 from zsnr.models.files import load_state_dict
-from zsnr.training.checkpointing import checkpoint_file, load_mapped
 
 log = logging.getLogger("zsnr.init")
-WEIGHTS = ("ema", "raw")
+WEIGHTS = tuple(PREFIXES)
 DIFFUSERS_UNET_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
@@ -48,21 +47,10 @@ def load_init_weights(source: str | Path, weights: str = "ema") -> InitWeights:
         return InitWeights(
             _diffusers_unet(unet_dir), description=f"the UNet of the diffusers folder {unet_dir}"
         )
-    ckpt_path = checkpoint_file(path, "init_from")
-    try:
-        ckpt = load_mapped(ckpt_path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ValueError(
-            f"init_from={source}: {ckpt_path} could not be read as a zsnr checkpoint ({err})"
-        ) from err
-    if "state_dict" not in ckpt or "zsnr" not in ckpt:
-        raise ValueError(
-            f"init_from={ckpt_path} is not a zsnr training checkpoint (no state_dict / zsnr entries)"
-        )
-    prefix = "ema_unet." if weights == "ema" else "unet."
-    unet = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    step = ckpt.get("global_step", "?")
-    return InitWeights(unet, dict(ckpt.get("frozen", {})), f"the {weights} UNet of {ckpt_path} (step {step})")
+    ckpt = TrainingCheckpoint.open(path, "init_from")
+    return InitWeights(
+        ckpt.unet(weights), ckpt.frozen, f"the {weights} UNet of {ckpt.where} (step {ckpt.step})"
+    )
 
 
 def _diffusers_unet(unet_dir: Path) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
+from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
@@ -45,13 +46,15 @@ class _KeptHistoryWriter(ExperimentWriter):
 
 class RunCSVLogger(CSVLogger):
     """CSVLogger (save_dir/name/version/metrics.csv) that appends across attempts of a run instead of starting
-    the file over (see _KeptHistoryWriter)."""
+    the file over (see _KeptHistoryWriter). It fills the `_experiment` cache that CSVLogger's own methods read,
+    and the writer overrides `_check_log_dir_exists`: Lightning privates with no public way in, pinned by
+    tests/unit/training/test_lightning_privates.py."""
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
+            get_filesystem(self.root_dir).makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeptHistoryWriter(log_dir=self.log_dir)
         return self._experiment
 

@@ -22,10 +22,11 @@ from zsnr.data import to_model_range
 from zsnr.diffusion import add_noise, loss_weights, snr, v_target
 from zsnr.models import Components, build_components
 from zsnr.models.autoencoders import sample_posterior
+from zsnr.models.checkpoint import TrainingCheckpoint, write_training_state
 from zsnr.models.schedule import Schedule
 from zsnr.models.unet import input_memory_format
 from zsnr.sampling import text_to_image
-from zsnr.training.checkpointing import restore_rng_states, rng_states, steps_under_manual_optimisation
+from zsnr.training.checkpointing import steps_under_manual_optimisation
 from zsnr.training.ema import EMA, EMASchedule
 from zsnr.training.init_weights import apply_init_weights, load_init_weights
 from zsnr.training.parallel import (
@@ -267,7 +268,7 @@ class DiffusionModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         """Lightning calls this once the processes exist: compile / shard the UNet, and its EMA the same way."""
-        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None  # FSDP2 only
+        mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None  # FSDP2 only
         if mesh is not None and self.hparams.ema_on_cpu:
             raise ValueError(EMA_ON_CPU_UNDER_FSDP)
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
@@ -313,38 +314,36 @@ class DiffusionModule(pl.LightningModule):
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["zsnr"] = {
-            "betas": self.schedule.make_betas(),
+        counters = {
             "micro_step": self.micro_step,
             **self.ema.schedule.state_dict(),
             **self.skips.state_dict(),
-            "rng": rng_states(),
         }
-        if "ema_unet" not in self._modules:  # ema_on_cpu: outside the tree, saved under the usual keys
-            checkpoint["state_dict"].update(
-                {f"ema_unet.{k}": v for k, v in self.ema_unet.state_dict().items()}
-            )
-        if not self.frozen_from_files:  # random frozen parts (model=tiny): keep them with the weights
-            checkpoint["frozen"] = {name: part.state_dict() for name, part in self._frozen.items()}
+        outside = "ema_unet" not in self._modules  # ema_on_cpu: outside the tree, saved under the usual keys
+        write_training_state(
+            checkpoint,
+            self.schedule.make_betas(),
+            counters,
+            ema_outside_tree=self.ema_unet.state_dict() if outside else None,
+            # random frozen parts (model=tiny): kept with the weights
+            frozen=None if self.frozen_from_files else {n: p.state_dict() for n, p in self._frozen.items()},
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         steps_under_manual_optimisation(checkpoint)  # before Lightning restores its loops from it
-        saved = checkpoint.get("zsnr", {})
-        if "betas" in saved and not torch.equal(saved["betas"].double(), self.schedule.make_betas()):
-            raise ValueError(
-                "the checkpoint was trained with another noise schedule than the diffusion config now given "
-                f"({self.schedule}). Resume with the run's own diffusion=... settings."
-            )
-        self.micro_step = int(saved.get("micro_step", 0))
-        self.ema.schedule.load_state_dict(saved)
+        saved = TrainingCheckpoint(checkpoint)
+        saved.check_schedule(
+            self.schedule,
+            "The checkpoint was trained with another noise schedule than the diffusion config now given. Resume "
+            "with the run's own diffusion=... settings.",
+        )
+        self.micro_step = int(saved.counters.get("micro_step", 0))
+        self.ema.schedule.load_state_dict(saved.counters)
         if "ema_unet" not in self._modules:  # ema_on_cpu: take the EMA out before Lightning loads the tree
-            state = checkpoint["state_dict"]
-            ema = {k[len("ema_unet.") :]: state.pop(k) for k in list(state) if k.startswith("ema_unet.")}
-            self.ema_unet.load_state_dict(ema)
-        self.skips.load_state_dict(saved)
-        if "rng" in saved:
-            restore_rng_states(saved["rng"])
-        for name, state in checkpoint.get("frozen", {}).items():
+            self.ema_unet.load_state_dict(saved.pop_ema())
+        self.skips.load_state_dict(saved.counters)
+        saved.restore_rng()
+        for name, state in saved.frozen.items():
             self._frozen[name].load_state_dict(state)
 
 

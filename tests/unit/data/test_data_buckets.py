@@ -204,14 +204,14 @@ def test_training_with_buckets_takes_steps_on_batches_of_different_shapes(tmp_pa
 
     from zsnr.training import DiffusionModule
 
-    seen, step = [], DiffusionModule.training_step
+    seen, micro_batch_loss = [], DiffusionModule.micro_batch_loss
 
-    def recording_step(self, batch, batch_idx):
-        out = step(self, batch, batch_idx)
-        seen.append((tuple(batch["image"].shape[-2:]), out["loss"].item()))
-        return out
+    def recording_loss(self, batch):  # one call per micro-batch of the step's window
+        loss, t = micro_batch_loss(self, batch)
+        seen.append((tuple(batch["image"].shape[-2:]), loss.mean().item()))
+        return loss, t
 
-    monkeypatch.setattr(DiffusionModule, "training_step", recording_step)
+    monkeypatch.setattr(DiffusionModule, "micro_batch_loss", recording_loss)
     run = [*tiny_run(tmp_path, data_root, steps=4), *BUCKET_RUN, "samples.every_n_steps=0"]
     out = launch_module("train").train(compose("train", run))
     assert out["trainer"].global_step == 4 and len(seen) == 8  # 2 micro-batches of 4 per step

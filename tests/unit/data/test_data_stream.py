@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from zsnr.data import LaionFilter, ShardStream, latents, parse_sources, to_model_range, write_shards
+from zsnr.data.position import StreamPosition, WorkerCursor
 
 
 def stream(urls, **kwargs) -> ShardStream:
@@ -85,8 +86,8 @@ def test_epoch_length_runs_exact_passes_back_to_back(three_shards):
         batches = read_all(dataset, 0)
         assert len(batches) == 5
         keys += [k for b in batches for k in b["key"]]
-        dataset.position = {"epoch": dataset.position["epoch"] + 1, "last_worker": -1,
-                            "workers": {0: {"token": batches[-1]["resume"]["token"], "batches": 0}}}  # fmt: skip
+        cursor = WorkerCursor(tuple(batches[-1]["resume"]["token"]), batches=0)
+        dataset.position = StreamPosition(dataset.position.epoch + 1, workers={0: cursor})
     counts = Counter(keys[: 2 * accepted])  # the first two passes hold every accepted sample twice
     assert set(counts) == three_shards.accepted and set(counts.values()) == {2}
 

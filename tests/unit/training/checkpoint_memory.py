@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from zsnr.training.checkpointing import StreamingCheckpointIO, load_mapped
+from zsnr.models.checkpoint import load_mapped
+from zsnr.training.checkpointing import StreamingCheckpointIO
 
 TENSOR_MIB = 128
 N = TENSOR_MIB * 2**20 // 4  # float32 elements

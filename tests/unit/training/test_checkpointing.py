@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from zsnr.models.checkpoint import restore_rng_states, rng_states
 from zsnr.training import AtomicCheckpoint, newest_checkpoint, resolve_resume
-from zsnr.training.checkpointing import restore_rng_states, rng_states
 
 
 class FakeTrainer:

@@ -53,9 +53,12 @@ def test_a_module_that_is_not_a_unet_is_refused(mesh):
         parallelize_unet(torch.nn.Linear(2, 2), mesh)
 
 
-def test_configure_model_shards_unet_and_ema_per_block_but_not_the_frozen_parts(mesh):
+def test_configure_model_shards_unet_and_ema_per_block_but_not_the_frozen_parts(mesh, monkeypatch):
     module = DiffusionModule(TINY_SPEC, ZERO_SNR)
-    module._device_mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
+    two_d = init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
+    monkeypatch.setattr(
+        DiffusionModule, "device_mesh", property(lambda self: two_d)
+    )  # what the strategy gives
     module.configure_model()
     module.configure_model()  # Lightning may call it again: a no-op
     for unet in (module.unet, module.ema_unet):

@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from zsnr.models import Tokenizer, build_components
+from zsnr.models.checkpoint import TrainingCheckpoint
 from zsnr.models.schedule import Schedule
-from zsnr.sampling import text_to_image
-from zsnr.training.checkpointing import checkpoint_file, load_mapped
-from zsnr.training.sharded import read_sharded
+from zsnr.sampling.pipelines import text_to_image
 
 
 @dataclass
@@ -53,30 +52,26 @@ def load_for_inference(
     The file is memory-mapped (torch.load(weights_only=True, mmap=True)): only what is used is read (not the
     optimizer state), and the UNet's parameters are the mapped tensors themselves (copy-on-write), so SD 2.1's
     3.5 GB UNet is never copied on the CPU. A sharded (FSDP) checkpoint directory is read as it is, only the
-    UNet weights used (zsnr.training.sharded), each once.
+    UNet weights used (zsnr.models.checkpoint.read_sharded), each once.
     """
-    path = checkpoint_file(ckpt_path, sharded=True)
-    prefix = "ema_unet." if use_ema else "unet."
-    ckpt = read_sharded(path, prefix) if path.is_dir() else load_mapped(path)
-    if "hyper_parameters" not in ckpt or "zsnr" not in ckpt:
-        raise ValueError(f"{path} is not a zsnr training checkpoint (no hyper_parameters / zsnr entries)")
-    hp = ckpt["hyper_parameters"]
-    spec = {**hp["model"], **(model_overrides or {})}
-    schedule = Schedule(**hp["diffusion"])
-    if not torch.equal(ckpt["zsnr"]["betas"].double(), schedule.make_betas()):
-        raise ValueError(
-            f"{path}: the betas saved with the checkpoint differ from what {schedule} gives with this version of "
-            "zsnr.diffusion; sampling would use another schedule than the one trained with."
-        )
+    weights_of = "ema" if use_ema else "raw"
+    ckpt = TrainingCheckpoint.open(ckpt_path, weights=weights_of)  # a sharded directory: that UNet only
+    spec = {**ckpt.model_spec, **(model_overrides or {})}
+    schedule = ckpt.schedule
+    ckpt.check_schedule(
+        schedule,
+        "zsnr.diffusion computes this schedule otherwise since the checkpoint was saved: sampling would use "
+        "another schedule than the one trained with.",
+    )
     parts = build_components(spec, pretrained_unet=False, empty_unet=True)
-    weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    weights = ckpt.unet(weights_of)
     parts.unet.load_state_dict(weights, assign=True)  # the UNet was built empty (meta device)
     left = [name for name, t in [*parts.unet.named_parameters(), *parts.unet.named_buffers()] if t.is_meta]
     if left:
-        raise RuntimeError(f"{path}: the checkpoint has no values for {left[:5]} of the UNet")
+        raise RuntimeError(f"{ckpt.where}: the checkpoint has no values for {left[:5]} of the UNet")
     if spec.get("channels_last"):
         parts.unet.to(memory_format=torch.channels_last)  # the loaded tensors are contiguous
-    for name, state in ckpt.get("frozen", {}).items():
+    for name, state in ckpt.frozen.items():
         getattr(parts, name).load_state_dict(state)
     for part in (parts.unet, parts.autoencoder, parts.text_encoder):
         part.to(device).eval().requires_grad_(False)
@@ -88,5 +83,5 @@ def load_for_inference(
         schedule=schedule,
         resolution=parts.resolution,
         model_spec=spec,
-        step=int(ckpt.get("global_step", 0)),
+        step=ckpt.step,
     )
