@@ -20,6 +20,7 @@ LAYERS = [
     ["zsnr.sampling", "zsnr.diffusers_interop", "zsnr.comfyui"],
     ["zsnr.export", "zsnr.single_file", "zsnr.audit", "zsnr.training"],
     ["zsnr.evaluation"],
+    ["zsnr.train", "zsnr.experiments"],  # what a user runs: a training run; the demo and `make paper`
 ]
 # What a module may import beyond its own layer's rules, each with its reason.
 ALLOWED_UPWARD = {
