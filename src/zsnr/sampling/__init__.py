@@ -1,5 +1,5 @@
 """Sampling: one setup (zsnr.sampling.setup's `prepare`) behind text-to-image, image-to-image, `generate` and
-the x0 trajectory of zsnr.evaluation.paper, and one owner of the settings (`SamplingSettings`)."""
+the x0 trajectory of zsnr.experiments.paper_measures, and one owner of the settings (`SamplingSettings`)."""
 
 from zsnr.sampling.pipelines import generate, image_to_image, read_prompts, text_to_image
 from zsnr.sampling.settings import DTYPES, SamplingSettings, autocast, resolve_device, resolve_dtype
