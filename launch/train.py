@@ -1,176 +1,18 @@
-"""Train (fine-tune) a Stable Diffusion UNet: `python launch/train.py [overrides]`. See configs/train.yaml."""
+"""Train (fine-tune) a Stable Diffusion UNet: `python launch/train.py [overrides]`. See configs/train.yaml.
+
+The body is zsnr.train.train (`python -m zsnr.train --config-dir configs` runs the same without this script).
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-import sys
-import warnings
 from pathlib import Path
-from typing import Any
 
 import hydra
-import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
 
-from zsnr.data import check_no_run_keys
-from zsnr.models import Tokenizer, check_model_files, encoder_signature, size_multiple
-from zsnr.training import (
-    AtomicCheckpoint,
-    StreamingCheckpointIO,
-    plan_batches,
-    resolve_resume,
-    world_size,
-)
-from zsnr.training.callbacks import ProgressBar
-from zsnr.training.cluster import (
-    SlurmRequeue,
-    multirun_job_scope,
-    on_slurm,
-    slurm_plugins,
-    wait_for_launched_ranks,
-)
-from zsnr.training.loggers import wandb_run_id
-from zsnr.training.parallel import EMA_ON_CPU_UNDER_FSDP
+from zsnr.train import train
 
-log = logging.getLogger("zsnr.train")
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    if precision != "auto":
-        return precision
-    import torch
-
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu else "32-true"
-
-
-def resolve_progress_bar(setting: Any) -> bool:
-    """`auto`: Lightning's live bar only on a terminal; in a SLURM log or a pipe it would write a line per
-    update, and TrainMetrics prints a `step N/M` line per metrics interval there instead."""
-    return sys.stdout.isatty() if setting == "auto" else bool(setting)
-
-
-def wandb_offline(setting: Any) -> bool:
-    """`auto`: offline unless WANDB_MODE says otherwise or an API key is configured (wandb login)."""
-    if setting != "auto":
-        return bool(setting)
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"] in ("offline", "disabled", "dryrun")
-    try:
-        import wandb
-
-        return not wandb.api.api_key
-    except Exception:
-        return True
-
-
-def finish_wandb(trainer: pl.Trainer) -> None:
-    """Close the wandb run, or the next job of a multirun (same process) would log into this one."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
-        import wandb
-
-        wandb.finish()
-
-
-def build_logger(cfg: DictConfig) -> Any:
-    if "offline" in cfg.logger:  # wandb: one wandb run for all attempts of this run (resume, requeue)
-        run_id = wandb_run_id(cfg.run_dir)
-        return instantiate(cfg.logger, offline=wandb_offline(cfg.logger.offline), id=run_id, resume="allow")
-    return instantiate(cfg.logger)
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Everything `python launch/train.py` does; returns the run directory and the last checkpoint."""
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen EMA copy
-    pl.seed_everything(cfg.seed, workers=True)
-    run_dir = Path(cfg.run_dir)
-    # Cheap checks first: the batch arithmetic and the model files, before any model or data loads.
-    world = world_size(cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.accelerator)
-    plan = plan_batches(cfg.global_batch_size, cfg.micro_batch_size, world)
-    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
-    check_model_files(model_spec)
-    check_no_run_keys(cfg.data)
-    ckpt_path = resolve_resume(cfg.resume, run_dir / "checkpoints")  # named and readable, or an error now
-    if cfg.module.get("ema_on_cpu") and "FSDP" in str(cfg.trainer.get("strategy")):
-        raise ValueError(EMA_ON_CPU_UNDER_FSDP)
-    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    log.info("%s; precision %s; run directory %s", plan.describe(), precision, run_dir)
-    checkpoint = AtomicCheckpoint(
-        run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last
-    )
-    callbacks: list[pl.Callback] = [checkpoint]
-    if on_slurm():  # sbatch --signal=USR1@90: save, requeue, stop (the handler is in place from here on)
-        callbacks.append(SlurmRequeue(checkpoint))
-
-    datamodule = instantiate(
-        cfg.data,
-        resolution=cfg.model.resolution,
-        batch_size=plan.micro_batch_size,
-        seed=cfg.seed,
-        tokenizer=Tokenizer(),
-        latent_signature=encoder_signature(model_spec),  # data.decode=latents: refuses another model's cache
-        size_multiple=size_multiple(model_spec),  # data.buckets: bucket sides the model takes as they are
-        micro_batches_per_step=plan.accumulate_grad_batches,  # one window of micro-batches per training_step
-    )
-    wanted = dict(cfg.get("callbacks") or {})
-    if (
-        "validation" in wanted
-        and cfg.validation.every_n_steps
-        and not getattr(datamodule, "has_val_data", False)
-    ):
-        log.warning(
-            "no validation loss: the data has no held-out shards. Set data.val_urls=... (shards not in data.urls; "
-            "for a latent cache, encoded held-out shards) to log val/loss, or validation.every_n_steps=0 to "
-            "silence this"
-        )
-        del wanted["validation"]
-    module = instantiate(cfg.module)
-    callbacks += [instantiate(c) for c in wanted.values()]  # configs/callbacks/
-    progress_bar = resolve_progress_bar(cfg.trainer.get("enable_progress_bar", "auto"))
-    if progress_bar:
-        callbacks.append(ProgressBar())
-    with multirun_job_scope():  # -m with Lightning-launched ranks: each job's ranks run that job only
-        trainer: pl.Trainer = instantiate(
-            cfg.trainer,
-            precision=precision,
-            enable_progress_bar=progress_bar,
-            max_steps=cfg.max_steps,
-            callbacks=callbacks,
-            logger=build_logger(cfg),
-            default_root_dir=str(run_dir),
-            plugins=[*slurm_plugins(), StreamingCheckpointIO()],  # saves without a copy in memory
-        )
-        if trainer.is_global_zero:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except (SIGTERMException, SystemExit) as exn:
-            # Lightning stops on SIGTERM with SystemExit(None), i.e. status 0; while the loop waits for a batch
-            # the data pipeline raises SystemExit(143) itself (zsnr.data.resume). Either way: one message, 143.
-            if not isinstance(exn, SIGTERMException) and exn.code != 128 + signal.SIGTERM:
-                raise  # SIGTERMException is a SystemExit too
-            log.error(
-                "stopped by SIGTERM at step %d (not saved: resume from the last checkpoint)",
-                trainer.global_step,
-            )
-            raise SystemExit(128 + signal.SIGTERM) from exn
-        finally:
-            finish_wandb(trainer)
-        wait_for_launched_ranks(trainer)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return {
-        "run_dir": run_dir,
-        "last_checkpoint": last.resolve() if last.exists() else None,
-        "trainer": trainer,
-    }
 
 
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="train")

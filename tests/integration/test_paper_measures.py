@@ -1,10 +1,10 @@
-"""`make paper`'s measures (zsnr.evaluation.paper) against closed forms and against the sampling code itself."""
+"""`make paper`'s measures (zsnr.experiments.paper_measures) against closed forms and against the sampling code itself."""
 
 import pytest
 import torch
 from tiny_checkpoint import shared_tiny_checkpoint
 
-from zsnr.evaluation.paper import saturated_fraction, spread_at_T, x0_trajectory
+from zsnr.experiments.paper_measures import saturated_fraction, spread_at_T, x0_trajectory
 from zsnr.sampling import SamplingSettings, generate, load_for_inference
 
 

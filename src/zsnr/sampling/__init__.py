@@ -1,6 +1,6 @@
 """Sampling: one setup (zsnr.sampling.setup's `prepare`) behind text-to-image, image-to-image, `generate` and
-the x0 trajectory of zsnr.evaluation.paper, one owner of the settings (`SamplingSettings`), and the loading
-of a training checkpoint for sampling, evaluation or export (`load_for_inference`)."""
+the x0 trajectory of zsnr.experiments.paper_measures, one owner of the settings (`SamplingSettings`), and the
+loading of a training checkpoint for sampling, evaluation or export (`load_for_inference`)."""
 
 from zsnr.sampling.inference import InferenceModel, load_for_inference
 from zsnr.sampling.pipelines import generate, image_to_image, read_prompts, text_to_image

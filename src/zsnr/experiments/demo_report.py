@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from zsnr.evaluation.demo_metrics import Check
 from zsnr.evaluation.images import labelled_grid, save_png
+from zsnr.experiments.demo_metrics import Check
 
 COLUMNS = (
     ("mean", "mean"),

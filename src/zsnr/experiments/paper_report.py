@@ -1,5 +1,5 @@
 """`make paper`'s claims table and report.md: each claim of the paper (arXiv 2305.08891) against what the
-miniature measured (launch/paper.py collects the results; zsnr.evaluation.paper measures)."""
+miniature measured (zsnr.experiments.paper collects the results; paper_measures measures)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from zsnr.diffusion import alphas_cumprod, make_betas, rescale_zero_terminal_snr, select_timesteps
-from zsnr.evaluation.demo_report import summary_table
-from zsnr.evaluation.paper import Claim, claims_table
+from zsnr.experiments.demo_report import summary_table
+from zsnr.experiments.paper_measures import Claim, claims_table
 
 # The paper's Table 2 (T = 1000, S = 10, 1-based, ascending) and Table 1's sqrt(abar_T) of SD's schedule.
 TABLE2 = {
@@ -208,7 +208,7 @@ def write_paper_report(
     out: Path, results: Mapping[str, Any], setup: Mapping[str, Any]
 ) -> tuple[Path, list[Claim]]:
     """metrics.json (results, setup and claims) and report.md from plain() results; returns the report's path
-    and the claims. `python -m zsnr.evaluation.paper_report DIR` writes the report again from DIR/metrics.json."""
+    and the claims. `python -m zsnr.experiments.paper_report DIR` writes the report again from DIR/metrics.json."""
     rows = claims(results)
     seed = str(results["seed"])
     (out / "metrics.json").write_text(
