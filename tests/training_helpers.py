@@ -86,3 +86,23 @@ def tiny_run(run_dir, data_root, steps: int = 2) -> list[str]:
         "samples.seeds=[0]",
         "samples.prompts=[a white background]",
     ]
+
+
+def train_with(cfg, *callbacks):
+    """zsnr.train.train(cfg) (launch/train.py's body) with `callbacks` added after the run's own, so they see
+    each step last."""
+    import zsnr.train as train
+
+    made = train.instantiate
+
+    def instantiate(config, *args, **kwargs):
+        out = made(config, *args, **kwargs)
+        if isinstance(out, pl.Trainer):
+            out.callbacks.extend(callbacks)
+        return out
+
+    train.instantiate = instantiate
+    try:
+        return train.train(cfg)
+    finally:
+        train.instantiate = made

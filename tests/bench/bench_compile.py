@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import time
 
 import pytest
 import torch
+from bench_overhead import print_rows, summary
 from gpu_step_loops import latent_batch
 
 from zsnr.training import DiffusionModule
@@ -66,14 +66,8 @@ def report(rounds: int, steps: int) -> list[dict[str, float | str]]:
     print(f"\ntraining step, tiny UNet, latent batch 16 x 4 x 16 x 16, float32, 1 thread; {rounds} interleaved "
           f"rounds of {steps} steps; warmup (compile included) CPU s: "
           + ", ".join(f"{row} {s:.1f}" for row, s in compile_s.items()))  # fmt: skip
-    print(f"{'module.compile':16s} {'ms/step':>8s} {'/ eager':>8s} {'range':>14s}")
-    rows = []
-    for row in ROWS:
-        ratios = [t / e for t, e in zip(times[row], times["eager"], strict=True)]
-        rows.append({"row": row, "ms": 1e3 * statistics.median(times[row]), "ratio": statistics.median(ratios),
-                     "lo": min(ratios), "hi": max(ratios)})  # fmt: skip
-        r = rows[-1]
-        print(f"{row:16s} {r['ms']:8.2f} {r['ratio']:8.3f} {r['lo']:6.3f}-{r['hi']:.3f}")
+    rows = summary(times, baseline="eager")
+    print_rows(rows, baseline="eager", first="module.compile")
     return rows
 
 

@@ -81,7 +81,7 @@ def measure(rounds: int, steps: int, warmup: int, batch: int, latent: int) -> di
     data = latent_batch(batch, latent, text_dim, pin=False)
     cpu = torch.device("cpu")
     v = Variant("zsnr", latent=latent, batch=batch, precision="32-true")
-    times: dict[str, list[float]] = {}
+    times: dict[str, list[float]] = {row: [] for row in ("plain", "zsnr", *(f"zsnr - {p}" for p in PARTS))}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(num_workers|eval mode|LeafSpec|does not have many).*")
         for r in range(rounds):
@@ -90,7 +90,7 @@ def measure(rounds: int, steps: int, warmup: int, batch: int, latent: int) -> di
             for part in order:
                 if part == "plain":
                     t = run_plain(module.unet, v, data, cpu, warmup, 0.0, steps, time.process_time)
-                    times.setdefault("plain", []).append(t.step_ms / 1e3)
+                    times["plain"].append(t.step_ms / 1e3)
                     continue
                 row = "zsnr" if part is None else f"zsnr - {part}"
                 variant = Variant(
@@ -98,19 +98,25 @@ def measure(rounds: int, steps: int, warmup: int, batch: int, latent: int) -> di
                 )
                 with _without(part or "", module):
                     t = run_ours(module, variant, data, cpu, warmup, 0.0, steps, time.process_time)
-                times.setdefault(row, []).append(t.step_ms / 1e3)
+                times[row].append(t.step_ms / 1e3)
     return times
 
 
-def summary(times: dict[str, list[float]]) -> list[dict[str, float | str]]:
-    """Per row: median ms per step, and its per-round ratio to plain (median, min, max)."""
+def summary(times: dict[str, list[float]], baseline: str = "plain") -> list[dict[str, float | str]]:
+    """Per row (in the order of `times`): median ms per step, and its per-round ratio to `baseline` (median,
+    min, max)."""
     rows = []
-    for row in ("plain", "zsnr", *(f"zsnr - {p}" for p in PARTS)):
-        seconds = times[row]
-        ratios = [s / p for s, p in zip(seconds, times["plain"], strict=True)]
+    for row, seconds in times.items():
+        ratios = [s / b for s, b in zip(seconds, times[baseline], strict=True)]
         rows.append({"row": row, "ms": 1e3 * statistics.median(seconds), "ratio": statistics.median(ratios),
                      "lo": min(ratios), "hi": max(ratios)})  # fmt: skip
     return rows
+
+
+def print_rows(rows: list[dict[str, float | str]], baseline: str = "plain", first: str = "row") -> None:
+    print(f"{first:24s} {'ms/step':>8s} {'/ ' + baseline:>8s} {'range':>14s}")
+    for r in rows:
+        print(f"{r['row']:24s} {r['ms']:8.2f} {r['ratio']:8.3f} {r['lo']:6.3f}-{r['hi']:.3f}")
 
 
 def report(rounds: int, steps: int, warmup: int = 3, batch: int = 16, latent: int = 16) -> list[dict]:
@@ -118,9 +124,7 @@ def report(rounds: int, steps: int, warmup: int = 3, batch: int = 16, latent: in
     rows = summary(measure(rounds, steps, warmup, batch, latent))
     print(f"\ntraining step, tiny UNet, latent batch {batch} x 4 x {latent} x {latent}, float32, 1 thread; "
           f"{rounds} interleaved rounds of {steps} steps ({time.monotonic() - began:.0f} s)")  # fmt: skip
-    print(f"{'row':24s} {'ms/step':>8s} {'/ plain':>8s} {'range':>14s}")
-    for r in rows:
-        print(f"{r['row']:24s} {r['ms']:8.2f} {r['ratio']:8.3f} {r['lo']:6.3f}-{r['hi']:.3f}")
+    print_rows(rows)
     return rows
 
 

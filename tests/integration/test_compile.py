@@ -14,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from distributed_data import read_losses
-from training_helpers import compose, tiny_run
+from training_helpers import compose, tiny_run, train_with
 
 STEPS = 3
 
@@ -39,22 +39,8 @@ def _train(run_dir, data_root, compile: str) -> tuple[dict[int, float], Graphs]:
     overrides = [*tiny_run(run_dir, data_root, steps=STEPS), f"module.compile={compile}",
                  "validation.every_n_steps=0", "samples.every_n_steps=0",
                  "+callbacks.loss._target_=distributed_data.LossRecorder", f"+callbacks.loss.path={run_dir}/losses"]  # fmt: skip
-    import zsnr.train as train  # the body of launch/train.py; its instantiate is wrapped for this run
-
     graphs = Graphs()
-    made = train.instantiate
-
-    def with_graphs(config, *args, **kwargs):
-        out = made(config, *args, **kwargs)
-        if isinstance(out, pl.Trainer):
-            out.callbacks.append(graphs)
-        return out
-
-    train.instantiate = with_graphs
-    try:
-        train.train(compose("train", overrides))
-    finally:
-        train.instantiate = made
+    train_with(compose("train", overrides), graphs)
     return read_losses(run_dir / "losses"), graphs
 
 

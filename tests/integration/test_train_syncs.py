@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from training_helpers import compose, tiny_run
+from training_helpers import compose, tiny_run, train_with
 
 READS = {
     torch.ops.aten._local_scalar_dense.default,
@@ -62,22 +62,8 @@ def _count(tmp_path, data_root, fused: bool) -> dict[int, tuple[int, int]]:
     cfg = compose("train", overrides)
     counter = CountReads()
     per_step = PerStep(counter)
-    import zsnr.train as train  # the body of launch/train.py; its instantiate is wrapped for this run
-
-    made = train.instantiate
-
-    def with_counter(config, *args, **kwargs):  # the run's callbacks, then ours
-        out = made(config, *args, **kwargs)
-        if isinstance(out, pl.Trainer):
-            out.callbacks.append(per_step)
-        return out
-
-    train.instantiate = with_counter
-    try:
-        with counter:
-            out = train.train(cfg)
-    finally:
-        train.instantiate = made
+    with counter:
+        out = train_with(cfg, per_step)
     assert out["trainer"].global_step == STEPS and out["trainer"].datamodule.micro_batches_per_step == 2
     return per_step.rows
 
