@@ -100,7 +100,6 @@ class StepResult:
     """What callbacks read after a step (DiffusionModule.last_step): tensors stay on the device."""
 
     applied: bool
-    loss: torch.Tensor  # mean over the window's samples
     grad_norm: torch.Tensor  # total norm before clipping
     micro_losses: torch.Tensor  # [micro-batches]: each micro-batch's mean loss
     per_sample_loss: torch.Tensor  # [samples of the window], detached
@@ -113,19 +112,18 @@ def train_step(
     """One optimizer step over a window of micro-batches (gradient accumulation); see the module docstring."""
     dp = dp or OneProcess()
     losses, timesteps, micro = [], [], []
-    bad = None
     for i, batch in enumerate(window):
         with dp.gradient_sync(enabled=i == len(window) - 1):  # all-reduce once, on the last backward
             per_sample, t = objective(batch)
             loss = per_sample.mean()
             dp.backward(loss / len(window))
-        finite = torch.isfinite(loss.detach())
-        bad = ~finite if bad is None else bad | ~finite  # on the device: no host sync per micro-batch
         losses.append(per_sample.detach())
         timesteps.append(t)
         micro.append(loss.detach())
+    micro_losses = torch.stack(micro)  # on the device: no host sync per micro-batch
     norm = grad_norm(update.params)
-    applied = dp.all_finite(bad | ~torch.isfinite(norm))  # the step's one collective and one host sync
+    bad = ~(torch.isfinite(micro_losses).all() & torch.isfinite(norm))
+    applied = dp.all_finite(bad)  # the step's one collective and one host sync
     if applied:
         if update.max_grad_norm:
             clip_(update.params, update.max_grad_norm, norm)
@@ -136,8 +134,7 @@ def train_step(
             update.ema.step()
     update.optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients go unused
     update.skips.record(applied, update.steps_done)
-    per_sample = torch.cat(losses)
-    return StepResult(applied, per_sample.mean(), norm, torch.stack(micro), per_sample, torch.cat(timesteps))
+    return StepResult(applied, norm, micro_losses, torch.cat(losses), torch.cat(timesteps))
 
 
 def every_n_steps(result: StepResult | None, step: int, n: int) -> bool:
