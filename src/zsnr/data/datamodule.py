@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import multiprocessing
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from zsnr.data.stream import ShardStream, Tokenizer
 from zsnr.data.synthetic import SyntheticSet, ensure_synthetic_shards, synthetic_url_pattern
 
 log = logging.getLogger("zsnr.data")
+WORKER_STARTS = ("forkserver", "spawn", "fork")
 
 
 RUN_KEYS = {
@@ -41,6 +43,16 @@ def check_no_run_keys(data_cfg: Mapping[str, Any], where: Mapping[str, str] = RU
             "; ".join(f"data.{key} is not read: the run's {where[key]} sets it" for key in given)
             + ". Drop it from the data config / command line and set that instead"
         )
+
+
+def worker_context(start: str) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context data workers start in. The forkserver imports the data pipeline (torch
+    included) once, before it forks the first worker: the workers share those pages instead of each importing
+    them again."""
+    context = multiprocessing.get_context(start)
+    if start == "forkserver":
+        context.set_forkserver_preload(["zsnr.data.stream"])
+    return context
 
 
 class WebDataModule(pl.LightningDataModule):
@@ -67,6 +79,10 @@ class WebDataModule(pl.LightningDataModule):
     LightningModule's own hook): it is how resume knows what was used. micro_batches_per_step: None, batches
     one by one; n, the training loader hands out lists of n micro-batches, one per optimizer step (the window
     zsnr.training.step.train_step accumulates over).
+    worker_start: how the data workers start (multiprocessing's start method). "forkserver" (the default) forks
+    them from a small server process started fresh; "fork" forks the training process itself, and each worker
+    then keeps the pages of the weights it was forked with after training writes new ones (copy on write): for
+    SD 2.1 the UNet and EMA, 6.4 GiB per epoch's set of workers on a resumed run.
     """
 
     def __init__(
@@ -91,6 +107,7 @@ class WebDataModule(pl.LightningDataModule):
         synthetic: Mapping[str, Any] | None = None,
         pin_memory: bool | None = None,
         prefetch_factor: int = 2,
+        worker_start: str = "forkserver",
         max_bad_shard_fraction: float = 0.1,
         http_timeout_s: float = 30.0,
         http_retries: int = 3,
@@ -136,6 +153,9 @@ class WebDataModule(pl.LightningDataModule):
                                         f"data.val_urls={val_urls!r}")  # fmt: skip
         self.filters = LaionFilter.from_any(filters)
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
+        if worker_start not in WORKER_STARTS:
+            raise ValueError(f"data.worker_start must be one of {WORKER_STARTS}, got {worker_start!r}")
+        self.worker_start = worker_start
         self.stream_kwargs = dict(
             batch_size=batch_size,
             resolution=resolution,
@@ -253,6 +273,7 @@ class WebDataModule(pl.LightningDataModule):
         kwargs: dict[str, Any] = dict(num_workers=self.num_workers, pin_memory=pin)
         if self.num_workers > 0:
             kwargs["prefetch_factor"] = self.prefetch_factor
+            kwargs["multiprocessing_context"] = worker_context(self.worker_start)
         loader = ResumableLoader(self.dataset, self.tracker, track_on_yield=self.trainer is None, **kwargs)
         return loader if self.micro_batches_per_step is None else Windows(loader, self.micro_batches_per_step)
 
