@@ -4,12 +4,14 @@
     python tests/fullsize/sd21_check.py --out /tmp/check --reduced          # same files and loaders, seconds
 
 Stages: a random SD 2.1-base diffusers folder from the real configs (zsnr.models.sd21_folder), train 2 steps
-with a checkpoint after each (micro-batch 1, 256 px), resume 1 step, sample from the checkpoint, export (the
+with a checkpoint after each (micro-batch 1, 256 px, the data workers and the validation loss of the
+defaults), resume 1 step, sample from the checkpoint, export (the
 diffusers folder and the single file), load both in diffusers' StableDiffusionPipeline and sample the same
 seeds, audit both, cache latents and train a step with the command the cache printed. Full size: each stage
 is its own process (`launch/*.py` or `python -m ...`, the commands a user types), timed, with its peak RSS
-(the kernel's ru_maxrss) and its peak anonymous memory (RssAnon, sampled 4x a second: RSS minus the page
-cache of memory-mapped files, which the kernel can drop). --reduced runs the same stages in this process
+(the kernel's ru_maxrss, what `/usr/bin/time -v` reports) and the peak anonymous memory of its process tree
+(tests/fullsize/memory_watch.py, sampled 4x a second: the memory the kernel cannot drop, data workers included;
+RSS adds the pages of memory-mapped files, which it can). --reduced runs the same stages in this process
 (tests/fullsize/test_sd21_check.py). Writes report.json and report.md into --out.
 """
 
@@ -22,14 +24,17 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from memory_watch import Watch  # this folder: on sys.path as a script and under pytest (rootdir conftest)
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 PROMPTS = ["a solid black background", "a white background"]
+CAPTIONS = [*PROMPTS, "a red background", "a gray background", "a blue circle", "a green square",
+            "a yellow triangle on a black background", "a white star on a blue background"]  # fmt: skip
 GIB = 2**30
 
 
@@ -37,10 +42,14 @@ def stages(out: Path, reduced: bool) -> list[tuple[str, list[str]]]:
     """(name, command): `launch/X.py overrides` or `-m module args`, or `@stage` for a function of this file."""
     res, steps = (64, 2) if reduced else (256, 10)
     model = ["model=sd21_base", f"model.path={out / 'sd21-base'}", f"model.resolution={res}"]
-    data = [f"data.root={out / 'data'}", "data.synthetic.num_samples=16", "data.synthetic.samples_per_shard=16",
-            "data.num_workers=0"]  # fmt: skip
+    data = [
+        f"data.root={out / 'data'}",
+        "data.synthetic.num_samples=16",
+        "data.synthetic.samples_per_shard=16",
+    ]
+    # the defaults otherwise: data workers, the validation loss at step 0 (and its held-out set)
     run = ["micro_batch_size=1", "global_batch_size=1", "checkpoint.every_n_steps=1", "checkpoint.keep_last=1",
-           "samples.every_n_steps=0", "validation.every_n_steps=0", f"run_dir={out / 'run'}", f"hydra.run.dir={out / 'run'}"]  # fmt: skip
+           "samples.every_n_steps=0", f"run_dir={out / 'run'}", f"hydra.run.dir={out / 'run'}"]  # fmt: skip
     ckpt = f"checkpoint={out / 'run' / 'checkpoints' / 'last.ckpt'}"
     return [
         (
@@ -54,14 +63,28 @@ def stages(out: Path, reduced: bool) -> list[tuple[str, list[str]]]:
             [
                 "launch/sample.py",
                 ckpt,
-                f"prompts={json.dumps(PROMPTS)}",
+                f"prompts={json.dumps(CAPTIONS)}",
                 f"num_steps={steps}",
-                "device=cpu",
-                "batch_size=2",
+                "device=cpu",  # the default batch size: 8 prompts, 16 UNet images with guidance
                 f"out_dir={out / 'samples'}",
                 f"hydra.run.dir={out / 'samples'}",
             ],
         ),  # fmt: skip
+        (
+            "evaluate (brightness)",
+            [
+                "launch/evaluate.py",
+                ckpt,
+                f"captions={out / 'captions.txt'}",
+                f"num_images={len(CAPTIONS)}",
+                f"num_steps={steps}",
+                "device=cpu",  # the default batch size (32): all 8 captions in one batch
+                "metrics.feature_extractor=null",  # FID, IS and the CLIP score need weights from the internet
+                "metrics.clip=null",
+                f"out_dir={out / 'evaluate'}",
+                f"hydra.run.dir={out / 'evaluate'}",
+            ],
+        ),
         (
             "export folder + single file",
             ["launch/export.py", ckpt, f"out={out / 'export'}", f"hydra.run.dir={out / 'export_log'}"],
@@ -71,7 +94,7 @@ def stages(out: Path, reduced: bool) -> list[tuple[str, list[str]]]:
         ("audit single file", ["-m", "zsnr.audit", str(out / "export.safetensors"), "--strict"]),
         (
             "encode latents",
-            ["launch/encode_latents.py", *model, *data, "batch_size=4", f"out={out / 'latents'}"],
+            ["launch/encode_latents.py", *model, *data, f"out={out / 'latents'}"],  # the default batch size
         ),
         ("train 1 step from the cache", ["@cache", str(out)]),
     ]
@@ -119,12 +142,14 @@ def cache_stage(out: str) -> list[str]:
     """The training command encode_latents printed, for one more step on the cached posteriors."""
     command = shlex.split(json.loads((Path(out) / "latents" / "latents.json").read_text())["train_command"])
     extra = ["micro_batch_size=1", "global_batch_size=1", "max_steps=1", "samples.every_n_steps=0",
-             "validation.every_n_steps=0", f"run_dir={Path(out) / 'run_cache'}", f"hydra.run.dir={Path(out) / 'run_cache'}"]  # fmt: skip
+             f"run_dir={Path(out) / 'run_cache'}", f"hydra.run.dir={Path(out) / 'run_cache'}"]  # fmt: skip
     return command[1:] + extra  # drop "python"
 
 
 def run_subprocess(argv: list[str], log: Path) -> dict[str, Any]:
-    """Run one stage as its own process; wall time, peak RSS (ru_maxrss) and peak RssAnon (sampled)."""
+    """Run one stage as its own process; wall time, peak RSS (ru_maxrss: the largest process's, as
+    `/usr/bin/time -v` reports it), and the peak anonymous memory of its process tree, data workers included
+    (memory_watch.Watch, sampled)."""
     if argv[0] == "@cache":
         argv = cache_stage(*argv[1:])
     elif argv[0].startswith("@"):
@@ -135,26 +160,15 @@ def run_subprocess(argv: list[str], log: Path) -> dict[str, Any]:
         proc = subprocess.Popen(
             [sys.executable, *argv], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
         )
-        anon = [0]
-        watcher = threading.Thread(target=_watch_anon, args=(proc.pid, anon), daemon=True)
-        watcher.start()
+        watch = Watch(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {shlex.join(argv)} failed ({proc.returncode}); see {log}")
+    watched = watch.summary()
     return {"wall_s": time.time() - start, "peak_rss_gib": usage.ru_maxrss * 1024 / GIB,
-            "peak_anon_gib": anon[0] / GIB, "load_avg_1min_at_start": load}  # fmt: skip
-
-
-def _watch_anon(pid: int, peak: list[int]) -> None:
-    status = Path(f"/proc/{pid}/status")
-    while True:
-        try:
-            line = next(x for x in status.read_text().splitlines() if x.startswith("RssAnon:"))
-        except (OSError, StopIteration):  # the process ended (or became a zombie)
-            return
-        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
-        time.sleep(0.25)
+            "peak_anon_gib": watched["peak_tree_anon_gib"], "processes": watched["max_processes"],
+            "min_available_gib": watched["min_mem_available_gib"], "load_avg_1min_at_start": load}  # fmt: skip
 
 
 def run_in_process(argv: list[str]) -> dict[str, Any]:
@@ -180,6 +194,7 @@ def run_in_process(argv: list[str]) -> dict[str, Any]:
             "sample": "sample",
             "export": "export",
             "encode_latents": "encode_latents",
+            "evaluate": "evaluate",
         }
         cfg = compose(config[script], overrides)
         entry = getattr(launch_module(script), script)
@@ -191,6 +206,7 @@ def check(out: Path, reduced: bool, keep: bool = False, min_free_gib: float = 20
     """Run every stage; `keep=False` deletes the training checkpoints once exported (disk space)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
+    (out / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
     report: dict[str, Any] = {"reduced": reduced, "cpu_count": os.cpu_count(), "stages": {}}
     for name, argv in stages(out, reduced):
         if name == "train 1 step from the cache":  # a full-size checkpoint is 12.9 GB: make room
