@@ -16,21 +16,13 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from zsnr.training import plan_batches, world_size
-from zsnr.training.memory_plan import GIB, plan_memory
+from zsnr.train import plan_step
+from zsnr.training.memory_plan import GIB
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 HEADROOM = 0.1
-
-
-def strategy_of(trainer: DictConfig, world: int) -> str:
-    """single / ddp / fsdp, as the Trainer built from this config would run."""
-    target = str(trainer.strategy.get("_target_", "")) if isinstance(trainer.strategy, DictConfig) else ""
-    if "FSDP" in target:
-        return "fsdp"
-    return "ddp" if "DDP" in target or world > 1 else "single"
 
 
 def plan(cfg: DictConfig) -> dict:
@@ -39,26 +31,10 @@ def plan(cfg: DictConfig) -> dict:
     precision = str(cfg.trainer.precision)
     if precision == "auto":  # launch/train.py's rule, for the planned accelerator rather than this machine's
         precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
-    world = world_size(cfg.trainer.devices, cfg.trainer.num_nodes, "cpu")  # "auto": 1 per node here
-    batches = plan_batches(cfg.global_batch_size, cfg.micro_batch_size, world)
     device_gib = float(cfg.get("device_gib", 80))
     print("tracing one training step on fake tensors (about a minute for SD 2.1) ...", flush=True)
-    result = plan_memory(
-        OmegaConf.to_container(cfg.model, resolve=True),
-        OmegaConf.to_container(cfg.diffusion, resolve=True),
-        batches.micro_batch_size,
-        precision=precision,
-        strategy=strategy_of(cfg.trainer, world),
-        world_size=world,
-        accumulation=batches.accumulate_grad_batches,
-        accelerator=accelerator,
-        latents=cfg.data.get("decode") == "latents",
-        ema_on_cpu=bool(cfg.module.get("ema_on_cpu", False)),
-    )
-    if (cfg.data.get("buckets") or {}).get("enabled"):
-        result.notes.append("data.buckets: planned at the square, which no bucket exceeds in pixels")
-    if cfg.trainer.devices == "auto":
-        result.notes.append("trainer.devices=auto: planned for one device per node; set trainer.devices=N")
+    result = plan_step(cfg, accelerator, precision)
+    world = result.setup["world_size"]
     fits = result.fits(device_gib * GIB, HEADROOM)
     s = result.setup
     print(

@@ -9,6 +9,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# configs/train.yaml's memory_check.action: the tests' seconds-long runs skip the trace (seconds each, a few
+# minutes over the suite); tests/integration/test_memory_check.py turns it on where the check is the subject
+os.environ.setdefault("ZSNR_MEMORY_CHECK", "off")
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ from zsnr.training.cluster import (
     wait_for_launched_ranks,
 )
 from zsnr.training.loggers import wandb_run_id
+from zsnr.training.memory_plan import GIB, MemoryPlan
 from zsnr.training.parallel import EMA_ON_CPU_UNDER_FSDP
+from zsnr.training.preflight import check_memory, device_free, host_available, memory_need, worker_bytes
 
 log = logging.getLogger("zsnr.train")
 
@@ -84,6 +87,91 @@ def finish_wandb(trainer: pl.Trainer) -> None:
         wandb.finish()
 
 
+def strategy_of(trainer: DictConfig, world: int) -> str:
+    """single / ddp / fsdp, as the Trainer built from this config would run."""
+    target = str(trainer.strategy.get("_target_", "")) if isinstance(trainer.strategy, DictConfig) else ""
+    if "FSDP" in target or "ModelParallel" in target:
+        return "fsdp"
+    return "ddp" if "DDP" in target or world > 1 else "single"
+
+
+def planned_accelerator(accelerator: str) -> str:
+    """ "cpu" or "gpu": what the run computes on (auto: a GPU where CUDA is visible)."""
+    if accelerator == "cpu":
+        return "cpu"
+    if accelerator == "auto":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu"
+
+
+def plan_step(cfg: DictConfig, accelerator: str, precision: str) -> MemoryPlan:
+    """The memory of one training step of this config per device (zsnr.training.memory_plan's trace), for
+    `accelerator` ("cpu" / "gpu") and a resolved `precision`."""
+    from zsnr.training.memory_plan import plan_memory
+
+    world = world_size(cfg.trainer.devices, cfg.trainer.num_nodes, "cpu" if accelerator == "cpu" else "auto")
+    batches = plan_batches(cfg.global_batch_size, cfg.micro_batch_size, world)
+    result = plan_memory(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        OmegaConf.to_container(cfg.diffusion, resolve=True),
+        batches.micro_batch_size,
+        precision=precision,
+        strategy=strategy_of(cfg.trainer, world),
+        world_size=world,
+        accumulation=batches.accumulate_grad_batches,
+        accelerator=accelerator,
+        latents=cfg.data.get("decode") == "latents",
+        ema_on_cpu=bool(cfg.module.get("ema_on_cpu", False)),
+    )
+    if (cfg.data.get("buckets") or {}).get("enabled"):
+        result.notes.append("data.buckets: planned at the square, which no bucket exceeds in pixels")
+    if cfg.trainer.devices == "auto":
+        result.notes.append("trainer.devices=auto: planned for one device per node; set trainer.devices=N")
+    return result
+
+
+def check_run_memory(cfg: DictConfig, precision: str) -> None:
+    """Before anything loads: plan the step and refuse (memory_check.action) a run that cannot fit."""
+    check = cfg.memory_check
+    action = check.action
+    if action == "off":
+        return
+    accelerator = planned_accelerator(cfg.trainer.accelerator)
+    started = time.monotonic()
+    plan = plan_step(cfg, accelerator, precision)
+    world = world_size(cfg.trainer.devices, cfg.trainer.num_nodes, "cpu" if accelerator == "cpu" else "auto")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    data, res = cfg.data, int(cfg.model.resolution)
+    batch = plan.setup["micro_batch_size"] * 3 * res * res  # uint8 images (a latent cache's are smaller)
+    one_worker = worker_bytes(int(data.get("shuffle_buffer", 0)), int(data.get("prefetch_factor", 2)), batch)
+    need = memory_need(
+        plan, accelerator, world // int(cfg.trainer.num_nodes), int(data.get("num_workers", 0)), one_worker
+    )
+    # the node's first process checks the host, before any process of the node loads (Lightning starts the
+    # others after this one has loaded its model; srun and torchrun start them together)
+    host_free = host_available() if local_rank == 0 else None
+    if host_free is not None and check.host_limit_gib is not None:
+        host_free = min(host_free, int(float(check.host_limit_gib) * GIB))
+    report = check_memory(
+        need,
+        host_free,
+        device_free(_device_index(cfg.trainer.devices, local_rank)) if accelerator == "gpu" else None,
+        float(check.device_headroom),
+        float(check.host_headroom),
+        action,
+    )
+    log.info("memory check (%.1f s): %s", time.monotonic() - started, "; ".join(report))
+
+
+def _device_index(devices: Any, local_rank: int) -> int:
+    """The CUDA device this process trains on: trainer.devices as a list of ids picks them in order."""
+    if isinstance(devices, str) and "," in devices:
+        devices = [int(d) for d in devices.split(",") if d.strip()]
+    return int(list(devices)[local_rank]) if not isinstance(devices, (int, str)) else local_rank
+
+
 def build_logger(cfg: DictConfig) -> Any:
     if "offline" in cfg.logger:  # wandb: one wandb run for all attempts of this run (resume, requeue)
         run_id = wandb_run_id(cfg.run_dir)
@@ -107,6 +195,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(EMA_ON_CPU_UNDER_FSDP)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("%s; precision %s; run directory %s", plan.describe(), precision, run_dir)
+    check_run_memory(cfg, precision)
     checkpoint = AtomicCheckpoint(
         run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last
     )
