@@ -7,6 +7,9 @@ modules, and Hydra composition of the real configs with overrides for seconds-lo
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -106,3 +109,20 @@ def train_with(cfg, *callbacks):
         return train.train(cfg)
     finally:
         train.instantiate = made
+
+
+def run_train(args: list[str], cwd: Path, timeout: int = 420) -> str:
+    """`python launch/train.py ARGS` in `cwd`, one intra-op thread per process, tests/ and tests/integration/
+    importable (their callbacks and data modules); returns the output, asserting success."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "integration"), str(ROOT / "tests")]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+    }
+    cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out

@@ -15,7 +15,6 @@ Measured on this machine and asserted:
 - The multirun runs each job once: each job's second rank runs that job in its directory, nothing else.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from distributed_data import read_losses
-from training_helpers import ROOT, compose, launch_module
+from training_helpers import compose, launch_module, run_train
 
 pytestmark = pytest.mark.distributed
 N = 2
@@ -46,21 +45,6 @@ COMMON = [
     "+callbacks.loss._target_=distributed_data.LossRecorder",
     "+callbacks.loss.path=${run_dir}/losses",
 ]
-
-
-def run_train(args: list[str], cwd: Path, timeout: int = 420) -> str:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "integration"), str(ROOT / "tests")]),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-    }
-    cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
-    return out
 
 
 @pytest.fixture(scope="module")
