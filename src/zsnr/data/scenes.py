@@ -6,9 +6,9 @@ gradient and a vignette, rescaled to t in [-1, 1] and applied to a colour c (RGB
 so a mid colour varies by about +-S_MID, black only lightens and white only darkens, by at most
 2 S_EXTREME (a textured black image's mean brightness lies in [-1, -1 + 4 S_EXTREME) in [-1, 1] units).
 On it, one element (ELEMENTS) in a colour that stands out from the background, with soft edges:
-    blob     a blurred blob with a wobbly outline      "a soft red blob on a black background"
-    horizon  hills of one colour under a sky of another "green hills under a blue sky" (background: the sky)
-    sun      a glowing disc                            "a yellow sun in a navy sky"
+    blob     a blurred blob, its outline wobbling  "a soft red blob on a black background"
+    horizon  hills under a sky of another colour   "green hills under a blue sky" (background: the sky)
+    sun      a glowing disc                        "a yellow sun in a navy sky"
 or nothing (PLAIN_FRACTION of the images): "a black background", "a solid white background", as in "shapes".
 """
 
@@ -54,7 +54,7 @@ def shade(rgb: tuple[int, int, int], t: np.ndarray) -> np.ndarray:
 
 
 def _soft_step(signed_distance: np.ndarray, width: float) -> np.ndarray:
-    """1 inside (distance > 0), 0 outside, a logistic edge `width` pixels wide."""
+    """1 inside (distance > 0), 0 outside, a logistic edge of scale `width` pixels."""
     return 1 / (1 + np.exp(-signed_distance / width))
 
 
