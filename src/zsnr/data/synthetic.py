@@ -1,13 +1,21 @@
-"""A synthetic LAION-like data set: shapes and textures on backgrounds from black to white.
+"""A synthetic LAION-like data set: shapes and textures, or soft textured scenes, on backgrounds from black to
+white.
 
 What it is for: the embedded default, the tests and the brightness demo. The paper's claim is that a model
 trained with the fixes can follow "a solid black background" / "a white background"; so backgrounds span the
 whole brightness range (image mean brightness std about 0.5 in [-1, 1] units) and captions name them.
 Each sample's json has LAION's fields, set so that a few samples fail each filter of LaionFilter's defaults,
 plus "brightness" (image mean in [-1, 1]) and "brightness_class" (dark < -1/3 <= mid <= 1/3 < bright).
-Deterministic from the seed (PNG members, fixed tar mtime). `shapes` picks a subset of SHAPES (the demo draws
-solid shapes only: flat colours and clean edges); `aspects` makes images of other width / height ratios, at
-about the square's pixel count (to try aspect-ratio buckets, zsnr.data.buckets).
+Deterministic from the seed (PNG members, fixed tar mtime). Two families of images (FAMILIES):
+- "shapes" (the default): flat colours and clean edges; `shapes` picks a subset of SHAPES (the demo draws
+  solid shapes only).
+- "scenes" (zsnr.data.scenes): low-frequency light and shade on every background, soft-edged blobs, hills
+  under a sky, suns; `elements` picks a subset of zsnr.data.scenes.ELEMENTS. Its plain backgrounds keep the
+  same captions ("a solid black background") but are textured: black only lightens, white only darkens, each
+  by at most 5% of the range, so a black image's mean brightness stays below -0.9.
+Each family reads its own subset (`shapes` or `elements`); both are checked whichever family is drawn.
+`aspects` makes images of other width / height ratios, at about the square's pixel count (to try
+aspect-ratio buckets, zsnr.data.buckets).
 """
 
 from __future__ import annotations
@@ -25,30 +33,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from zsnr.data.palette import COLORS, article, contrasting_color, pick_background, plain_caption
+from zsnr.data.scenes import ELEMENTS, render_scene
 from zsnr.data.shards import brace_pattern, write_shards
 
-# name -> RGB. Backgrounds are weighted so that black and white, the paper's hard cases, are common.
-COLORS = {
-    "black": (0, 0, 0),
-    "navy": (0, 0, 110),
-    "maroon": (110, 0, 0),
-    "dark green": (0, 90, 0),
-    "dark gray": (64, 64, 64),
-    "purple": (128, 0, 128),
-    "red": (220, 20, 20),
-    "blue": (30, 60, 230),
-    "green": (30, 170, 30),
-    "gray": (128, 128, 128),
-    "orange": (255, 150, 0),
-    "cyan": (0, 220, 230),
-    "yellow": (250, 230, 30),
-    "light gray": (200, 200, 200),
-    "pink": (255, 190, 205),
-    "beige": (240, 235, 215),
-    "white": (255, 255, 255),
-}
-BACKGROUND_WEIGHTS = {"black": 3, "white": 3, "dark gray": 2, "light gray": 2, "navy": 1.5, "beige": 1.5}
 SHAPES = ("circle", "square", "triangle", "stripes", "checkerboard")
+FAMILIES = ("shapes", "scenes")
 # Each reason makes a sample fail one filter of LaionFilter's defaults ("missing_punsafe" tests on_missing).
 REJECT_REASONS = ("width", "height", "punsafe", "pwatermark", "aesthetic", "caption", "missing_punsafe")
 REJECT_FRACTION = 0.02  # per reason
@@ -58,33 +48,17 @@ def brightness_class(brightness: float) -> str:
     return "dark" if brightness < -1 / 3 else "bright" if brightness > 1 / 3 else "mid"
 
 
-def _a(word: str) -> str:
-    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
-
-
-def _luma(rgb: tuple[int, int, int]) -> float:
-    return sum(rgb) / 3
-
-
 def render(
     rng: random.Random, resolution: int | tuple[int, int], shapes: tuple[str, ...] = SHAPES
 ) -> tuple[Image.Image, str, dict[str, Any]]:
     """One image of resolution^2 (or (width, height)) pixels, its caption and what it shows (a plain
     background, or one of `shapes` on one)."""
     width, height = (resolution, resolution) if isinstance(resolution, int) else resolution
-    names = list(COLORS)
-    background = rng.choices(names, weights=[BACKGROUND_WEIGHTS.get(n, 1.0) for n in names])[0]
-    bg = COLORS[background]
-    image = Image.new("RGB", (width, height), bg)
+    background = pick_background(rng)
+    image = Image.new("RGB", (width, height), COLORS[background])
     if rng.random() < 0.25:  # plain background
-        solid = "solid " if background in ("black", "white") and rng.random() < 0.5 else ""
-        return (
-            image,
-            f"{_a(solid + background)} background",
-            {"background": background, "shape": None, "color": None},
-        )
-    # a shape colour that stands out from the background
-    color = rng.choice([n for n in names if abs(_luma(COLORS[n]) - _luma(bg)) > 60 and n != background])
+        return image, plain_caption(rng, background), {"background": background, "shape": None, "color": None}
+    color = contrasting_color(rng, background)
     shape = rng.choice(shapes)
     draw = ImageDraw.Draw(image)
     fg, r = COLORS[color], min(width, height)
@@ -98,7 +72,7 @@ def render(
             draw.rectangle(box, fill=fg)
         else:
             draw.polygon([(x + size / 2, y), (x, y + size), (x + size, y + size)], fill=fg)
-        caption = f"{_a(color)} {shape} on {_a(background)} background"
+        caption = f"{article(color)} {shape} on {article(background)} background"
     else:
         period = max(2, int(r / rng.choice((4, 6, 8))))
         for i in range(0, width, period):
@@ -108,9 +82,9 @@ def render(
                 elif (i // period + j // period) % 2 == 0:
                     draw.rectangle((i, j, i + period - 1, j + period - 1), fill=fg)
         caption = (
-            f"{color} stripes on {_a(background)} background"
+            f"{color} stripes on {article(background)} background"
             if shape == "stripes"
-            else f"{_a(color)} and {background} checkerboard"
+            else f"{article(color)} and {background} checkerboard"
         )
     return image, caption, {"background": background, "shape": shape, "color": color}
 
@@ -147,12 +121,12 @@ def _metadata(rng: random.Random, reason: str | None) -> dict[str, Any]:
     return meta
 
 
-def _check_shapes(shapes: tuple[str, ...]) -> tuple[str, ...]:
-    shapes = tuple(shapes)
-    unknown = [s for s in shapes if s not in SHAPES]
-    if not shapes or unknown:
-        raise ValueError(f"synthetic shapes must be a non-empty subset of {SHAPES}, got {list(shapes)}")
-    return shapes
+def _check_subset(key: str, names: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(names)
+    unknown = [s for s in names if s not in known]
+    if not names or unknown:
+        raise ValueError(f"synthetic {key} must be a non-empty subset of {known}, got {list(names)}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -169,6 +143,8 @@ class SyntheticSet:
     samples_per_shard: int = 256
     shapes: tuple[str, ...] = SHAPES
     aspects: tuple[float, ...] = (1.0,)  # width / height, one drawn per image, about resolution^2 pixels each
+    family: str = "shapes"  # one of FAMILIES
+    elements: tuple[str, ...] = ELEMENTS  # what family "scenes" draws ("shapes" draws `shapes`)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.resolution < 8 or self.samples_per_shard < 1:
@@ -176,7 +152,12 @@ class SyntheticSet:
                 f"need num_samples >= 1, resolution >= 8, samples_per_shard >= 1; got {self.num_samples}, "
                 f"{self.resolution}, {self.samples_per_shard}"
             )
-        object.__setattr__(self, "shapes", _check_shapes(self.shapes))  # a config's list becomes a tuple
+        if self.family not in FAMILIES:
+            raise ValueError(f"synthetic family must be one of {FAMILIES}, got {self.family!r}")
+        object.__setattr__(
+            self, "shapes", _check_subset("shapes", self.shapes, SHAPES)
+        )  # a list becomes a tuple
+        object.__setattr__(self, "elements", _check_subset("elements", self.elements, ELEMENTS))
         aspects = tuple(float(a) for a in self.aspects)
         if not aspects or not all(0.1 <= a <= 10 for a in aspects):
             raise ValueError(f"synthetic aspects (width / height) must lie in [0.1, 10]; got {list(aspects)}")
@@ -196,7 +177,10 @@ def synthetic_samples(spec: SyntheticSet) -> Iterator[dict[str, Any]]:
     for i in range(spec.num_samples):
         rng = random.Random(f"zsnr-synthetic/{spec.seed}/{i}")
         width, height = spec.size(i)
-        image, caption, what = render(rng, (width, height), spec.shapes)
+        if spec.family == "shapes":
+            image, caption, what = render(rng, (width, height), spec.shapes)
+        else:
+            image, caption, what = render_scene(rng, (width, height), spec.elements)
         array = np.asarray(image, dtype=np.float64)
         brightness = round(float(array.mean() / 127.5 - 1.0), 5)
         meta = _metadata(rng, reasons[i])
@@ -230,11 +214,29 @@ def make_synthetic_shards(out_dir: str, spec: SyntheticSet) -> str:
 
 def synthetic_dir(root: str, spec: SyntheticSet) -> str:
     name = f"synthetic-r{spec.resolution}-n{spec.num_samples}-s{spec.seed}-k{spec.samples_per_shard}"
-    if spec.shapes != SHAPES:
+    if spec.family != "shapes":
+        name += f"-{spec.family}"
+    if spec.family == "shapes" and spec.shapes != SHAPES:
         name += "-" + "-".join(spec.shapes)
+    if spec.family == "scenes" and spec.elements != ELEMENTS:
+        name += "-" + "-".join(spec.elements)
     if spec.aspects != (1.0,):
         name += "-a" + "-".join(f"{a:g}" for a in spec.aspects)
     return os.path.join(root, name)
+
+
+def _marker(spec: SyntheticSet) -> dict[str, Any]:
+    """What the COMPLETE file records: the settings that made the set (the default family's keys as before)."""
+    drawn = (
+        {"shapes": list(spec.shapes)}
+        if spec.family == "shapes"
+        else {"family": spec.family, "elements": list(spec.elements)}
+    )
+    return (
+        {"num_samples": spec.num_samples, "resolution": spec.resolution, "seed": spec.seed}
+        | drawn
+        | ({} if spec.aspects == (1.0,) else {"aspects": list(spec.aspects)})
+    )
 
 
 def synthetic_url_pattern(root: str, spec: SyntheticSet) -> str:
@@ -258,11 +260,7 @@ def ensure_synthetic_shards(root: str, spec: SyntheticSet) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     make_synthetic_shards(tmp, spec)
     with open(os.path.join(tmp, "COMPLETE"), "w") as marker:
-        json.dump(
-            {"num_samples": spec.num_samples, "resolution": spec.resolution, "seed": spec.seed,
-             "shapes": list(spec.shapes)} | ({} if spec.aspects == (1.0,) else {"aspects": list(spec.aspects)}),
-            marker,
-        )  # fmt: skip
+        json.dump(_marker(spec), marker)
     try:
         os.rename(tmp, out)
     except OSError:  # another process finished first
