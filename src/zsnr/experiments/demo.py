@@ -29,19 +29,38 @@ from zsnr.experiments.samples import data_reference, sample_models
 
 PROTOCOL = (
     "The paper's protocol (section 5) in miniature. A tiny text-conditioned pixel-space UNet is pretrained "
-    "once with Stable Diffusion's flawed recipe (SD's schedule, SNR(T) = 0.0047, epsilon-prediction): the "
+    "once with Stable Diffusion's flawed recipe (SD's schedule{shift}, epsilon-prediction): the "
     "**base**, a miniature SD 2.1-base (`experiment=demo_base`, {base_steps} steps, seed {base_seed}). Copies of "
     "it are fine-tuned ({steps} steps, batch {batch}, seeds {seeds}, `init_from=` the base's EMA) on the same "
     "data with the same steps and seeds in two ways: **flawed** (`experiment=demo_flawed`: the same recipe "
     "continued; sampled with leading steps and plain CFG) and **fixed** (`experiment=demo_fixed`: all four fixes "
     "together: the schedule rescaled to zero terminal SNR, v-prediction with the v-loss, trailing steps, CFG "
     "rescale phi = 0.7). The two fine-tunes differ only in the diffusion config; one fix at a time is what "
-    "`make paper` measures. Data: {resolution} px synthetic shapes on backgrounds from black to white, captions "
+    "`make paper` measures. Data: {resolution} px synthetic {family} on backgrounds from black to white, captions "
     "that say so. The models work in pixel space ({patch}x{patch} pixel patches folded into channels, no "
     "autoencoder), so brightness is measured on exactly what the diffusion produced. Sampling: {sampler}, "
     "{num_steps} steps, w = {w} for prompts; unconditional: empty prompt, no guidance; the same seeds for every "
     "model."
 )
+
+
+FAMILIES = {"shapes": "shapes (flat colours, clean edges)",
+            "scenes": "scenes (soft blobs, suns and hills; smooth light and shade)"}  # fmt: skip
+
+
+def leak_against_sd(shift: float, resolution: int) -> float:
+    """How strongly the image mean leaks at t = T in a run at `resolution` px with SNR(t) x `shift`, in SNR,
+    against SD 2.1 at its 64 x 64 latents (same SNR(T) otherwise): the mean of n values per channel is seen at
+    SNR n SNR(T), so the ratio is shift x resolution^2 / 64^2 (16 px: 1/16 unshifted, 1 at shift 16)."""
+    return shift * resolution**2 / 64**2
+
+
+def schedule_words(shift: float, resolution: int) -> str:
+    """The run's schedule against SD's, for the report."""
+    named = "" if shift == 1 else f" with SNR(t) x {shift:g} (`diffusion.snr_shift`)"
+    return (f"{named}, SNR(T) = 0.0047{'' if shift == 1 else f' x {shift:g}'}: at {resolution} px the image mean "
+            f"leaks at t = T {leak_against_sd(shift, resolution):.3g}x as strongly (in SNR) as in SD 2.1 at its 64 x 64 "
+            "latents")  # fmt: skip
 
 
 def training_config(run_dir: Path) -> DictConfig:
@@ -115,7 +134,8 @@ def demo(cfg: DictConfig, config_dir: str | Path) -> dict[str, Any]:
             base_steps=cfg.base.steps, base_seed=cfg.base.seed, steps=cfg.finetune_steps,
             batch=train_cfg.global_batch_size, seeds=list(cfg.seeds), resolution=train_cfg.model.resolution,
             patch=train_cfg.model.autoencoder.patch_size, sampler=s.sampler, num_steps=s.num_steps,
-            w=s.guidance_scale,
+            w=s.guidance_scale, family=FAMILIES[train_cfg.data.synthetic.get("family", "shapes")],
+            shift=schedule_words(float(train_cfg.diffusion.get("snr_shift", 1.0)), train_cfg.model.resolution),
         ),
     }  # fmt: skip
     report = write_report(out, metrics, checks_, brightness, grids, prompt_sets, setup)
