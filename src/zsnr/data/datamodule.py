@@ -6,6 +6,7 @@ import itertools
 import logging
 import math
 import multiprocessing
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,20 @@ def check_no_run_keys(data_cfg: Mapping[str, Any], where: Mapping[str, str] = RU
             "; ".join(f"data.{key} is not read: the run's {where[key]} sets it" for key in given)
             + ". Drop it from the data config / command line and set that instead"
         )
+
+
+def _forget_inherited_forkserver() -> None:
+    """After a fork: a forkserver the parent had started is not this process's child, and multiprocessing
+    would fail to use it (ChildProcessError: its waitpid); forget it, so this process starts its own when it
+    needs one. Forked ranks (torch.multiprocessing with fork, Lightning's ddp_fork / ddp_notebook) hit this."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_pid", None) is not None:
+        server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None
+
+
+os.register_at_fork(after_in_child=_forget_inherited_forkserver)
 
 
 def worker_context(start: str) -> multiprocessing.context.BaseContext:
