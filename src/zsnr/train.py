@@ -141,13 +141,16 @@ def check_run_memory(cfg: DictConfig, precision: str) -> None:
     accelerator = planned_accelerator(cfg.trainer.accelerator)
     started = time.monotonic()
     plan = plan_step(cfg, accelerator, precision)
-    world = world_size(cfg.trainer.devices, cfg.trainer.num_nodes, "cpu" if accelerator == "cpu" else "auto")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     data, res = cfg.data, int(cfg.model.resolution)
     batch = plan.setup["micro_batch_size"] * 3 * res * res  # uint8 images (a latent cache's are smaller)
     one_worker = worker_bytes(int(data.get("shuffle_buffer", 0)), int(data.get("prefetch_factor", 2)), batch)
     need = memory_need(
-        plan, accelerator, world // int(cfg.trainer.num_nodes), int(data.get("num_workers", 0)), one_worker
+        plan,
+        accelerator,
+        plan.setup["world_size"] // int(cfg.trainer.num_nodes),
+        int(data.get("num_workers", 0)),
+        one_worker,
     )
     # the node's first process checks the host, before any process of the node loads (Lightning starts the
     # others after this one has loaded its model; srun and torchrun start them together)

@@ -30,13 +30,11 @@ def pss_anon(pid: int) -> int:
     return 0
 
 
-def _status(pid: int) -> dict[str, int]:
-    out = {}
+def rss_anon(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("RssAnon")  # a zombie has none
 
 
 def _children(pid: int) -> list[int]:
@@ -84,7 +82,7 @@ class Watch:
     def _run(self) -> None:
         while True:
             try:
-                main = _status(self.pid)["RssAnon"]
+                main = rss_anon(self.pid)
             except (OSError, KeyError):  # ended (a zombie has no RssAnon)
                 return
             total, n = 0, 0

@@ -27,12 +27,10 @@ log = logging.getLogger("zsnr.train")
 ACTIONS = ("refuse", "warn", "off")
 RUNTIME_BYTES = int(0.6 * GIB)  # a training process's own anonymous memory before any model loads (measured)
 WORKER_SERVER_BYTES = int(0.45 * GIB)  # the forkserver the data workers start from: torch, the data pipeline
-WORKER_BYTES = int(
-    0.4 * GIB
-)  # one data worker: the tokenizer and the pages of the imports it writes (measured)
-SHUFFLED_SAMPLE_BYTES = (
-    100_000  # a compressed sample in a worker's shuffle buffer (a LAION JPEG with its json)
-)
+# one data worker: the tokenizer and the pages of the imports it writes (measured)
+WORKER_BYTES = int(0.4 * GIB)
+# a compressed sample in a worker's shuffle buffer (a LAION JPEG with its json)
+SHUFFLED_SAMPLE_BYTES = 100_000
 
 
 def worker_bytes(shuffle_buffer: int, prefetch_factor: int, batch_bytes: int) -> int:
@@ -71,7 +69,7 @@ def memory_need(
     gpu = accelerator != "cpu"
     per_process = {"runtime (python, torch)": runtime_bytes}
     if not gpu:
-        per_process.update({f"{name}": b for name, b in plan.parts.items()})
+        per_process.update(plan.parts)
     per_process.update({f"{name} (host)": b for name, b in plan.host.items()})
     host = {
         name if processes_per_node == 1 else f"{name} x {processes_per_node}": b * processes_per_node
