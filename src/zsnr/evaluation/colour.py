@@ -23,6 +23,14 @@ def mean_rgb_offset(images: torch.Tensor) -> torch.Tensor:
     return (images.double() / 127.5 - 1.0).mean(dim=(0, 2, 3))
 
 
+def channel_spread(images: torch.Tensor) -> float:
+    """The tint of a uint8 image set: its largest mean channel minus its smallest ([-1, 1] units; 0 for a
+    neutral grey on average, 2 for pure red). For sets whose captions ask for grey, where colour_agreement
+    has no direction to compare."""
+    offset = mean_rgb_offset(images)
+    return float(offset.max() - offset.min())
+
+
 def colour_agreement(samples: torch.Tensor, reference: torch.Tensor) -> float:
     """Cosine between the mean RGB offsets from grey of `samples` and `reference` (uint8 image sets)."""
     a, b = mean_rgb_offset(samples), mean_rgb_offset(reference)

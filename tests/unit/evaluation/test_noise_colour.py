@@ -8,7 +8,7 @@ import scipy.ndimage
 import torch
 
 from zsnr.data.synthetic import render
-from zsnr.evaluation.colour import colour_agreement, mean_rgb_offset
+from zsnr.evaluation.colour import channel_spread, colour_agreement, mean_rgb_offset
 from zsnr.evaluation.images import labelled_grid, make_grid
 from zsnr.evaluation.noise import median_filter3, median_residual
 
@@ -67,6 +67,14 @@ def test_mean_rgb_offset_and_agreement_closed_forms():
     assert colour_agreement(half, pure) > 0.999
     with pytest.raises(ValueError, match="no direction"):
         colour_agreement(pure, torch.cat([_solid((255, 255, 255), 1), _solid((0, 0, 0), 1)]))
+
+
+def test_channel_spread_closed_forms():
+    assert channel_spread(_solid((255, 0, 0))) == pytest.approx(2.0, abs=1e-12)  # pure red
+    assert channel_spread(_solid((90, 90, 90))) == 0.0  # any neutral grey
+    assert channel_spread(_solid((140, 120, 150))) == pytest.approx(30 / 127.5, abs=1e-12)  # a lilac grey
+    # a pink and a green image average to (150, 150, 150) - neutral: the tint of the set, not of its images
+    assert channel_spread(torch.cat([_solid((200, 100, 150), 1), _solid((100, 200, 150), 1)])) < 1e-15
 
 
 def test_labelled_grid_enlarges_with_nearest_neighbour_and_leaves_room_for_labels():
