@@ -14,7 +14,7 @@ import torch
 
 from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import brightness_stats, mean_brightness
-from zsnr.evaluation.colour import colour_agreement, mean_rgb_offset
+from zsnr.evaluation.colour import channel_spread, colour_agreement, mean_rgb_offset
 from zsnr.evaluation.noise import median_residual
 
 MEAN_KEYS = ("mean", "std", "p05", "p95", "frac_dark", "frac_bright", "wasserstein_to_reference")
@@ -29,6 +29,7 @@ def image_stats(images: torch.Tensor, reference: torch.Tensor | None = None) -> 
     out["noise_median"] = noise.median().item()
     out["noise_p90"] = torch.quantile(noise, 0.9).item()
     out["rgb_offset"] = mean_rgb_offset(images).tolist()
+    out["channel_spread"] = channel_spread(images)
     if reference is not None:
         out["colour_agreement"] = colour_agreement(images, reference)
     return out
@@ -41,7 +42,7 @@ def measure(images: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Te
 
 
 def mean_over_seeds(per_seed: Mapping[str, Mapping[str, dict]]) -> dict[str, dict[str, float]]:
-    keys = (*MEAN_KEYS, "noise_median", "noise_p90", "colour_agreement")
+    keys = (*MEAN_KEYS, "noise_median", "noise_p90", "colour_agreement", "channel_spread")
     seeds = list(per_seed.values())
     return {
         s: {k: sum(r[s][k] for r in seeds) / len(seeds) for k in keys if k in seeds[0][s]} for s in seeds[0]

@@ -22,6 +22,7 @@ COLUMNS = (
     ("wasserstein_to_reference", "W1 to data"),
     ("noise_median", "noise"),
     ("colour_agreement", "colour cos"),
+    ("channel_spread", "tint"),
 )
 STYLES = {
     "data": dict(color="0.6", alpha=0.6),
@@ -38,7 +39,7 @@ def _cell(key: str, v: Any) -> str:
         f"{100 * v:.0f}%"
         if key.startswith("frac")
         else f"{v:.3f}"
-        if key.startswith("noise")
+        if key.startswith(("noise", "channel"))
         else f"{v:+.2f}"
     )
 
@@ -126,22 +127,71 @@ def save_grid(
     return save_png(labelled_grid(dict(images), columns, captions=captions), path)
 
 
+def family_section(
+    family: str, r: Mapping[str, Any], prompt_sets: Mapping[str, Sequence[str]], out_dir: Path
+) -> list[str]:
+    """One family's part of report.md (its figures under out_dir/family/, written here: histograms.png)."""
+    metrics, checks = r["metrics"], r["checks"]
+    hist = plot_histograms(r["brightness"], out_dir / family / "histograms.png")
+    models = [m for m in metrics if m != "data"]
+    held = sum(c.ok for c in checks)
+    lines = [
+        f"## {family}: {held} of {len(checks)} checks hold",
+        "",
+        f"Data: {r['description']}.",
+        "",
+        *checks_table(checks),
+        "",
+        f"### {family}: summary (mean over the fine-tuning seeds)",
+        "",
+        *summary_table(metrics, models),
+        "",
+        f"![{family}: brightness histograms]({family}/{hist.name})",
+        "",
+    ]
+    for model, grid in r["grids"].items():
+        lines += [f"**{family}, {model}**", "", f"![{family}, {model}]({family}/{grid.name})", ""]
+    if r.get("curves_png"):
+        steps = {m: c["steps"] for m, c in r["curves"].items()}
+        lines += [
+            f"### {family}: learning curves",
+            "",
+            "The prompt sets sampled from every checkpoint the runs kept (steps: "
+            + "; ".join(f"{m} {v}" for m, v in steps.items())
+            + "), the same seeds at every step, each model with its own sampler. Left: the base over its "
+            "pretraining; middle: the extremes' mean brightness over fine-tuning (dotted: the data's); right: the "
+            "colour cosine (mean over the colour sets) and the mid-tone's mean.",
+            "",
+            f"![{family}: learning curves]({family}/{r['curves_png'].name})",
+            "",
+        ]
+    lines += [f"### {family}: per set and seed", ""]
+    for name in metrics["data"]:
+        prompts = ", ".join(f'"{p}"' for p in prompt_sets.get(name, [])) or "empty prompt, no guidance"
+        lines += [f"#### `{name}`: {prompts}", "", *stats_table(metrics, name), ""]
+    extra = [s for s in next(iter(metrics[models[-1]]["seeds"].values())) if s not in metrics["data"]]
+    for name in extra:
+        lines += [f"#### The unconditional seeds sampled with {name.split(', ')[1]}", ""]
+        lines += [*stats_table(metrics, name, with_data=False), ""]
+    return lines
+
+
 def write_report(
     out_dir: Path,
-    metrics: Mapping[str, Any],
-    checks: Sequence[Check],
-    brightness: Mapping[str, Mapping[str, torch.Tensor]],
-    grids: Mapping[str, Path],
+    families: Mapping[str, Mapping[str, Any]],
     prompt_sets: Mapping[str, Sequence[str]],
     setup: Mapping[str, Any],
 ) -> Path:
-    """metrics.json, histograms.png and report.md under out_dir; returns the report's path."""
+    """metrics.json ({family: metrics and checks, learning curves}), each family's figures and report.md under
+    out_dir; returns the report's path. `families`: {family: zsnr.experiments.demo's result for it}."""
     (out_dir / "metrics.json").write_text(
-        json.dumps({**metrics, "checks": [c.__dict__ for c in checks]}, indent=2)
-    )
-    plot_histograms(brightness, out_dir / "histograms.png")
-    models = [m for m in metrics if m != "data"]
-    held = sum(c.ok for c in checks)
+        json.dumps(
+            {f: {**r["metrics"], "checks": [c.__dict__ for c in r["checks"]], "curves": r["curves"]}
+             for f, r in families.items()},
+            indent=2,
+        )
+    )  # fmt: skip
+    every = [c for r in families.values() for c in r["checks"]]
     lines = [
         "# zsnr demo: the paper in miniature",
         "",
@@ -149,32 +199,21 @@ def write_report(
         "",
         setup["protocol"],
         "",
-        f"## Checks: {held} of {len(checks)} hold",
-        "",
-        *checks_table(checks),
-        "",
-        "## Summary (mean over the fine-tuning seeds)",
-        "",
-        *summary_table(metrics, models),
+        f"Checks: {sum(c.ok for c in every)} of {len(every)} hold: "
+        + ", ".join(
+            f"{f} {sum(c.ok for c in r['checks'])} of {len(r['checks'])}" for f, r in families.items()
+        )
+        + ".",
         "",
         "Brightness: the mean Rec. 601 luma of an image in [-1, 1]. W1: Wasserstein-1 distance of a set's "
         "brightness distribution to the data's. Noise: the median over images of mean |x - median3x3(x)| "
-        "(x in [0, 1]; flat colours and clean shapes give 0, independent uniform pixels 0.22). Colour cos: cosine between the "
-        "mean RGB offset from grey of the samples and of the training images with the same captions.",
-        "",
-        "![brightness histograms](histograms.png)",
+        "(x in [0, 1]; flat colours and clean shapes give 0, independent uniform pixels 0.22). Colour cos: cosine "
+        "between the mean RGB offset from grey of the samples and of the training images with the same captions. "
+        "Tint: the set's largest mean channel minus its smallest (0: neutral grey on average).",
         "",
     ]
-    for model, grid in grids.items():
-        lines += [f"**{model}**", "", f"![{model}]({grid.name})", ""]
-    lines += ["## Per set and seed", ""]
-    for name in metrics["data"]:
-        prompts = ", ".join(f'"{p}"' for p in prompt_sets.get(name, [])) or "empty prompt, no guidance"
-        lines += [f"### `{name}`: {prompts}", "", *stats_table(metrics, name), ""]
-    extra = [s for s in next(iter(metrics[models[-1]]["seeds"].values())) if s not in metrics["data"]]
-    for name in extra:
-        lines += [f"### The unconditional seeds sampled with {name.split(', ')[1]}", ""]
-        lines += [*stats_table(metrics, name, with_data=False), ""]
+    for family, r in families.items():
+        lines += family_section(family, r, prompt_sets, out_dir)
     lines += [note + "\n" for note in setup.get("notes", [])]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -213,9 +213,11 @@ def paper(cfg: DictConfig, dcfg: DictConfig, config_dir: str | Path) -> Path:
     start = time.time()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    d = demo(dcfg, config_dir)
+    if cfg.family not in dcfg.families:
+        raise ValueError(f"paper family {cfg.family!r} is not one the demo runs ({list(dcfg.families)})")
+    d = demo(dcfg, config_dir)["families"][cfg.family]
     d["cfg"] = dcfg
-    demo_dir, seed = Path(cfg.demo_dir), dcfg.seeds[0]
+    demo_dir, seed = Path(cfg.demo_dir) / cfg.family, dcfg.seeds[0]
     jobs = [
         TrainJob(f"{arm}_seed{seed}", experiment, seed, demo_dir / "runs" / f"{arm}_seed{seed}",
                  (f"max_steps={dcfg.finetune_steps}", f"init_from='{d['checkpoints']['base']}'", "init_weights=ema",

@@ -1,6 +1,7 @@
 """The demo's statement of where its schedule puts the miniature against SD 2.1 (the paper's section 3.1 leak)."""
 
 import pytest
+from training_helpers import compose
 
 from zsnr.diffusion import alphas_cumprod, snr
 from zsnr.experiments.demo import leak_against_sd, schedule_words
@@ -22,3 +23,15 @@ def test_schedule_words():
     assert "x 16 (`diffusion.snr_shift`)" in schedule_words(16.0, 16) and " 1x as strongly" in schedule_words(
         16.0, 16
     )
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    ["demo_base", "demo_flawed", "demo_fixed", "paper_sd_v", "paper_zsnr_eps", "paper_offset_noise"],
+)
+def test_every_demo_and_paper_run_trains_on_the_bases_shifted_schedule(experiment):
+    # a fine-tune on another shift than its base's would be a schedule change, not the paper's protocol; the
+    # demo's shift (4 at 16 px) puts the leak at a quarter of SD 2.1's
+    cfg = compose("train", [f"experiment={experiment}"])
+    assert cfg.diffusion.snr_shift == 4 and cfg.model.resolution == 16
+    assert leak_against_sd(cfg.diffusion.snr_shift, cfg.model.resolution) == 0.25
