@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $@
 
-# The paper in miniature (CPU, minutes): outputs/demo/report.md. Extra settings: make demo ARGS="seeds=[0]".
+# The paper in miniature (CPU, ~22 min): outputs/demo/report.md. Extra settings: make demo ARGS="families=[scenes]".
 demo: setup
 	$(PY) launch/demo.py $(ARGS)
 
