@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # A short base, short fine-tunes and few images: minutes, not the paper's numbers.
-SHORT = ("base.steps=300", "finetune_steps=100", "seeds=[0]", "sampling.unconditional_images=16",
+SHORT = ("families=[shapes,scenes]", "base.steps=300", "finetune_steps=100", "seeds=[0]", "sampling.unconditional_images=16",
          "sampling.images_per_prompt=8", "sampling.num_steps=10", "curves.base_every=150",
          "curves.finetune_every=50", "curves.images_per_prompt=2")  # fmt: skip
 

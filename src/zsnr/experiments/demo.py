@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import mean_brightness
 from zsnr.experiments.demo_curves import curve, kept_checkpoints, plot_curves, sample_checkpoints
-from zsnr.experiments.demo_metrics import demo_checks, measure, summarize
+from zsnr.experiments.demo_metrics import demo_checks, held, measure, summarize
 from zsnr.experiments.demo_report import save_grid, write_report
 from zsnr.experiments.runs import TrainJob, train_runs
 from zsnr.experiments.samples import data_reference, sample_models
@@ -83,11 +83,7 @@ def common_overrides(cfg: DictConfig, family: str) -> list[str]:
 
 def curve_overrides(every: int) -> tuple[str, ...]:
     """Keep a checkpoint every `every` steps for the learning curves (0: the last one only)."""
-    return (
-        (f"checkpoint.every_n_steps={every}", "checkpoint.keep_last=0")
-        if every
-        else ("checkpoint.keep_last=1",)
-    )
+    return (f"checkpoint.every_n_steps={every}", "checkpoint.keep_last=0") if every else ()
 
 
 def data_of(run_dir: Path, prompt_sets: dict[str, list[str]]) -> tuple[DictConfig, dict[str, torch.Tensor]]:
@@ -115,16 +111,17 @@ def demo(cfg: DictConfig, config_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"demo families must be some of {list(FAMILIES)}; got {families}")
     prompt_sets = {k: list(v) for k, v in cfg.prompt_sets.items()}
     curves_cfg = cfg.curves
+    common = {f: common_overrides(cfg, f) for f in families}
     bases = {
         f: TrainJob(f"{f}/base", cfg.base.experiment, cfg.base.seed, out / f / "runs" / "base",
-                    (f"max_steps={cfg.base.steps}", *curve_overrides(curves_cfg.base_every), *common_overrides(cfg, f)))
+                    (f"max_steps={cfg.base.steps}", *curve_overrides(curves_cfg.base_every), *common[f]))
         for f in families
     }  # fmt: skip
     base_ckpts = train_runs(list(bases.values()), config_dir, parallel=cfg.parallel, cores=cfg.cores)
     jobs = {
         f: [TrainJob(f"{f}/{variant}_seed{seed}", experiment, seed, out / f / "runs" / f"{variant}_seed{seed}",
                      (f"max_steps={cfg.finetune_steps}", f"init_from='{base_ckpts[f'{f}/base']}'", "init_weights=ema",
-                      *curve_overrides(curves_cfg.finetune_every), *common_overrides(cfg, f)))
+                      *curve_overrides(curves_cfg.finetune_every), *common[f]))
             for seed in cfg.seeds for variant, experiment in cfg.variants.items()]
         for f in families
     }  # fmt: skip
@@ -178,7 +175,7 @@ def demo(cfg: DictConfig, config_dir: str | Path) -> dict[str, Any]:
             curves_png = plot_curves(curves, data_means, list(cfg.extremes), f"{f}: learning curves (seed {cfg.seeds[0]})",
                                      out / f / "curves.png")  # fmt: skip
         results[f] = dict(metrics=metrics, checks=checks_, checkpoints=models[f], data=data, samples=fs,
-                          common=common_overrides(cfg, f), train_cfg=train_cfg, brightness=brightness, grids=grids,
+                          common=common[f], train_cfg=train_cfg, brightness=brightness, grids=grids,
                           curves=curves, curves_png=curves_png, description=FAMILIES[f])  # fmt: skip
     train_cfg = results[families[0]]["train_cfg"]
     setup = {
@@ -193,9 +190,7 @@ def demo(cfg: DictConfig, config_dir: str | Path) -> dict[str, Any]:
     }  # fmt: skip
     report = write_report(out, results, prompt_sets, setup)
     every = [c for r in results.values() for c in r["checks"]]
-    print(
-        f"\nwrote {report}: {sum(c.ok for c in every)} of {len(every)} checks hold ({setup['minutes']:.1f} min)"
-    )
+    print(f"\nwrote {report}: {held(every)} checks hold ({setup['minutes']:.1f} min)")
     for f, r in results.items():
         for c in r["checks"]:
             if not c.ok:

@@ -15,7 +15,6 @@ import torch
 from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import mean_brightness
 from zsnr.evaluation.colour import channel_spread, colour_agreement
-from zsnr.evaluation.images import to_uint8
 
 STEP_FILE = re.compile(r"step=(\d+)\.ckpt")
 
@@ -42,8 +41,8 @@ def sample_checkpoints(
     zsnr.experiments.samples.sample_sets numbers them with `seed_stride` images per prompt (so the last step's
     images are those of the final model's sets), with each checkpoint's own spacing and phi. A function of plain
     values (runs in a worker)."""
-    from zsnr.experiments.samples import model_settings
-    from zsnr.sampling import generate, load_for_inference
+    from zsnr.experiments.samples import model_settings, prompt_set
+    from zsnr.sampling import load_for_inference
 
     if threads:
         torch.set_num_threads(threads)
@@ -51,12 +50,11 @@ def sample_checkpoints(
     for step, ckpt in ckpts.items():
         model = load_for_inference(ckpt)
         settings = model_settings(model, sampling)
-        out[step] = {}
-        for name, prompts in prompt_sets.items():
-            ps = [p for p in prompts for _ in range(images_per_prompt)]
-            seeds = [j * seed_stride + i for j in range(len(prompts)) for i in range(images_per_prompt)]
-            images = generate(model, ps, seeds, settings, sampling["batch_size"], progress=False)
-            out[step][name] = to_uint8(images)
+        out[step] = {
+            name: prompt_set(model, settings, prompts, images_per_prompt, sampling["batch_size"], seed_stride,
+                             progress=False)
+            for name, prompts in prompt_sets.items()
+        }  # fmt: skip
     return out
 
 

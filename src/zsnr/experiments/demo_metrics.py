@@ -6,6 +6,7 @@ Every number is computed from uint8 images, the values the saved PNGs hold.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,13 @@ def summarize(data: Mapping[str, torch.Tensor], runs: Mapping[str, Mapping[Any, 
     return out
 
 
+def w1_flawed_over_fixed(flawed: Mapping[str, Any], fixed: Mapping[str, Any]) -> float:
+    """A set's W1 to the data, the flawed model's over the fixed one's: inf where only the fixed model's is 0,
+    1 where both are."""
+    a, b = flawed["wasserstein_to_reference"], fixed["wasserstein_to_reference"]
+    return a / b if b > 0 else (math.inf if a > 0 else 1.0)
+
+
 @dataclass(frozen=True)
 class Check:
     claim: str
@@ -69,6 +77,11 @@ class Check:
         return (
             f"| {self.claim} | {self.seed} | {self.value:.3f} | {self.bound} | {'yes' if self.ok else 'NO'} |"
         )
+
+
+def held(checks: Sequence[Check]) -> str:
+    """How many of the checks hold, as "N of M"."""
+    return f"{sum(c.ok for c in checks)} of {len(checks)}"
 
 
 def demo_checks(
@@ -103,9 +116,7 @@ def demo_checks(
             gap = abs(fixed[name]["mean"] - data[name]["mean"])
             checks.append(Check(f"fixed: {name} mean brightness, distance to the data's ({data[name]['mean']:+.2f})",
                                 seed, gap, f"<= {mean_tolerance}", gap <= mean_tolerance))  # fmt: skip
-            ratio = flawed[name]["wasserstein_to_reference"] / max(
-                fixed[name]["wasserstein_to_reference"], 1e-9
-            )
+            ratio = w1_flawed_over_fixed(flawed[name], fixed[name])
             checks.append(
                 Check(
                     f"{name}: W1 to the data, flawed / fixed",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from zsnr.evaluation.images import labelled_grid, save_png
-from zsnr.experiments.demo_metrics import Check
+from zsnr.experiments.demo_metrics import Check, held
 
 COLUMNS = (
     ("mean", "mean"),
@@ -134,9 +134,8 @@ def family_section(
     metrics, checks = r["metrics"], r["checks"]
     hist = plot_histograms(r["brightness"], out_dir / family / "histograms.png")
     models = [m for m in metrics if m != "data"]
-    held = sum(c.ok for c in checks)
     lines = [
-        f"## {family}: {held} of {len(checks)} checks hold",
+        f"## {family}: {held(checks)} checks hold",
         "",
         f"Data: {r['description']}.",
         "",
@@ -199,10 +198,8 @@ def write_report(
         "",
         setup["protocol"],
         "",
-        f"Checks: {sum(c.ok for c in every)} of {len(every)} hold: "
-        + ", ".join(
-            f"{f} {sum(c.ok for c in r['checks'])} of {len(r['checks'])}" for f, r in families.items()
-        )
+        f"Checks: {held(every)} hold: "
+        + ", ".join(f"{f} {held(r['checks'])}" for f, r in families.items())
         + ".",
         "",
         "Brightness: the mean Rec. 601 luma of an image in [-1, 1]. W1: Wasserstein-1 distance of a set's "

@@ -1,10 +1,12 @@
 """Every claim of the paper, measured in miniature (`make paper`, launch/paper.py; configs/paper_report.yaml).
 
-Builds on the demo (zsnr.experiments.demo: its base and two fine-tunes are reused when already trained): fine-tunes
-the one-fix-removed arms and offset noise from the same base, samples every model with the same seeds, and
-writes out_dir/report.md (a claims table first), metrics.json and the figures. One function per section of the
-report: `ablations`, `samplers` (Figure 4), `trajectory` (Figure 5), `phi_sweep` (Figure 6), `fid_table`
-(Table 3); measures: paper_measures; report: paper_report.
+Measured once per protocol (configs/paper_report.yaml `protocols`: the demo's schedule with SNR x 4, and SD's
+as it is), each a column of the claims table. A protocol builds on the demo (zsnr.experiments.demo: its base and
+two fine-tunes are reused when already trained): it fine-tunes the one-fix-removed arms and offset noise from the
+same base, samples every model with the same seeds, and writes out_dir/<protocol>/report.md (a claims table first),
+metrics.json and the figures. out_dir/report.md puts the protocols side by side. One function per section of a
+protocol's report: `ablations`, `samplers` (Figure 4), `trajectory` (Figure 5), `phi_sweep` (Figure 6),
+`fid_table` (Table 3); measures: paper_measures; report: paper_report.
 """
 
 from __future__ import annotations
@@ -25,13 +27,19 @@ from zsnr.diffusion.report import format_report, plot
 from zsnr.evaluation.brightness import mean_brightness
 from zsnr.evaluation.fid import ReferenceStats, extract, frechet_distance
 from zsnr.evaluation.images import labelled_grid, save_png, to_uint8
-from zsnr.experiments.demo import demo
+from zsnr.experiments.demo import demo, leak_against_sd, schedule_words
 from zsnr.experiments.demo_metrics import measure
 from zsnr.experiments.demo_report import save_grid
 from zsnr.experiments.paper_measures import saturated_fraction, spread_at_T, x0_trajectory
-from zsnr.experiments.paper_report import NOT_REFUSED, plain, write_paper_report
+from zsnr.experiments.paper_report import (
+    EXTREMES,
+    NOT_REFUSED,
+    plain,
+    write_paper_report,
+    write_protocols_report,
+)
 from zsnr.experiments.runs import TrainJob, train_runs
-from zsnr.experiments.samples import model_settings, sample_models, sample_sets
+from zsnr.experiments.samples import model_settings, prompt_set, sample_models, sample_sets
 from zsnr.sampling import generate, load_for_inference
 
 
@@ -128,14 +136,8 @@ def phi_sweep(cfg: DictConfig, d: dict[str, Any], out: Path) -> dict[str, Any]:
     result, rows = {"data": {"saturated": data_sat}}, {}
     for phi in cfg.phi.factors:
         s = model_settings(model, {**OmegaConf.to_container(dcfg.sampling), "guidance_rescale": phi})
-        sets = {}
-        for name, ps in prompt_sets.items():
-            prompts = [p for p in ps for _ in range(cfg.phi.images_per_prompt)]
-            sets[name] = to_uint8(
-                generate(
-                    model, prompts, list(range(len(prompts))), s, dcfg.sampling.batch_size, progress=False
-                )
-            )
+        sets = {name: prompt_set(model, s, ps, cfg.phi.images_per_prompt, dcfg.sampling.batch_size, progress=False)
+                for name, ps in prompt_sets.items()}  # fmt: skip
         stats = measure(sets, d["data"])
         over = torch.cat([sets[k] for k in cfg.phi.over_exposure_sets])
         light = mean_brightness(to_model_range(torch.cat(list(sets.values()))))
@@ -179,7 +181,7 @@ def fid_table(cfg: DictConfig, d: dict[str, Any], arms: dict[str, Path], out: Pa
 
     f, dcfg, tcfg = cfg.fid, d["cfg"], d["train_cfg"]
     resolution, shapes = int(tcfg.model.resolution), tuple(tcfg.data.synthetic.shapes)
-    classifier, info, _ = load_or_train(Path(cfg.demo_dir) / "classifier", resolution=resolution, shapes=shapes,
+    classifier, info, _ = load_or_train(Path(cfg.out_dir) / "classifier", resolution=resolution, shapes=shapes,
                                         steps=f.classifier_steps, progress=True)  # fmt: skip
     acc = ", ".join(f"{head} {v:.3f}" for head, v in info["heldout_accuracy"].items())
     info["summary"] = (f"held-out accuracy {acc}; features: its pooled penultimate layer "
@@ -206,18 +208,15 @@ def fid_table(cfg: DictConfig, d: dict[str, Any], arms: dict[str, Path], out: Pa
     return {"classifier": info, "table": table, "n_reference": len(images), "num_steps": f.num_steps}
 
 
-def paper(cfg: DictConfig, dcfg: DictConfig, config_dir: str | Path) -> Path:
-    """`cfg`: configs/paper_report.yaml composed; `dcfg`: configs/demo.yaml composed with out_dir=cfg.demo_dir and
-    cfg.demo_overrides; `config_dir`: the configs folder the runs compose theirs from. Runs the demo, trains the
-    arms, measures every section and writes the report; returns its path."""
+def protocol(cfg: DictConfig, dcfg: DictConfig, config_dir: str | Path, out: Path) -> dict[str, Any]:
+    """One protocol (one column of the claims table): `dcfg` is configs/demo.yaml composed with the protocol's
+    overrides. Runs the demo, trains the arms from its base, measures every section on `cfg.family` and writes
+    out/report.md and out/metrics.json; returns the column: its schedule, claims and every family's demo checks."""
     start = time.time()
-    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.family not in dcfg.families:
-        raise ValueError(f"paper family {cfg.family!r} is not one the demo runs ({list(dcfg.families)})")
-    d = demo(dcfg, config_dir)["families"][cfg.family]
-    d["cfg"] = dcfg
-    demo_dir, seed = Path(cfg.demo_dir) / cfg.family, dcfg.seeds[0]
+    ran = demo(dcfg, config_dir)["families"]
+    d = {**ran[cfg.family], "cfg": dcfg}
+    demo_dir, seed = Path(dcfg.out_dir) / cfg.family, dcfg.seeds[0]
     jobs = [
         TrainJob(f"{arm}_seed{seed}", experiment, seed, demo_dir / "runs" / f"{arm}_seed{seed}",
                  (f"max_steps={dcfg.finetune_steps}", f"init_from='{d['checkpoints']['base']}'", "init_weights=ema",
@@ -230,6 +229,8 @@ def paper(cfg: DictConfig, dcfg: DictConfig, config_dir: str | Path) -> Path:
         shutil.copy(demo_dir / name, out / f"figure3_{name}")
     (out / "schedules.md").write_text(format_report())
     plot(str(out / "figure2_schedules.png"))
+    tcfg = d["train_cfg"]
+    shift, resolution = float(tcfg.diffusion.snr_shift), int(tcfg.model.resolution)
     results = {
         "seed": seed,
         "demo": {k: d["metrics"][k] for k in ("data", "flawed", "fixed", "base")},
@@ -241,14 +242,56 @@ def paper(cfg: DictConfig, dcfg: DictConfig, config_dir: str | Path) -> Path:
         "fid": fid_table(cfg, d, arms, out),
     }
     setup = {
+        "command": f"make paper, protocol {out.name} (its demo in {dcfg.out_dir})",
+        "minutes": (time.time() - start) / 60,
+        "schedule": "SD's" + schedule_words(shift, resolution),
+    }
+    _, rows = write_paper_report(out, plain(results), setup)
+    return {
+        "snr_shift": shift,
+        "leak": leak_against_sd(shift, resolution),
+        "demo_dir": str(dcfg.out_dir),
+        "minutes": setup["minutes"],
+        "claims": [r.__dict__ for r in rows],
+        "families": {f: family_summary(r) for f, r in ran.items()},
+    }
+
+
+def family_summary(r: dict[str, Any]) -> dict[str, Any]:
+    """A demo family's line in the paper's report: its checks, and the extremes' means (mean over seeds)."""
+    m = r["metrics"]
+    means = {"data": {s: m["data"][s]["mean"] for s in EXTREMES}}
+    means |= {model: {s: m[model]["mean"][s]["mean"] for s in EXTREMES} for model in ("flawed", "fixed")}
+    return {"checks": [c.__dict__ for c in r["checks"]], "means": means}
+
+
+def paper(cfg: DictConfig, demos: dict[str, DictConfig], config_dir: str | Path) -> Path:
+    """`cfg`: configs/paper_report.yaml composed; `demos`: per protocol, configs/demo.yaml composed with its
+    demo_dir and demo_overrides; `config_dir`: the configs folder the runs compose theirs from. Measures every
+    protocol (out_dir/<protocol>/) and writes the report with one column per protocol; returns its path."""
+    start = time.time()
+    out = Path(cfg.out_dir)
+    for name, dcfg in demos.items():
+        if cfg.family not in dcfg.families:
+            raise ValueError(
+                f"paper family {cfg.family!r} is not one protocol {name}'s demo runs ({list(dcfg.families)})"
+            )
+    columns = {
+        name: {
+            **protocol(cfg, dcfg, config_dir, out / name),
+            "demo_overrides": list(cfg.protocols[name].demo_overrides),
+        }
+        for name, dcfg in demos.items()
+    }
+    setup = {
         "command": "make paper  (python launch/paper.py " + " ".join(sys.argv[1:]) + ")",
         "minutes": (time.time() - start) / 60,
     }
-    report, rows = write_paper_report(out, plain(results), setup)
-    print(
-        f"\nwrote {report}: {sum(r.agrees for r in rows)} of {len(rows)} claims agree ({setup['minutes']:.1f} min)"
-    )
-    for r in rows:
-        if not r.agrees:
-            print(f"  disagrees: {r.section}: {r.paper} / measured: {r.measured}")
+    report, rows = write_protocols_report(out, columns, setup)
+    agree = "; ".join(f"{name}: {sum(r.agrees for r in rs)} of {len(rs)}" for name, rs in rows.items())
+    print(f"\nwrote {report}: claims that agree, {agree} ({setup['minutes']:.1f} min)")
+    for name, rs in rows.items():
+        for r in rs:
+            if not r.agrees:
+                print(f"  disagrees ({name}): {r.section}: {r.paper} / measured: {r.measured}")
     return report

@@ -58,9 +58,28 @@ def sample_sets(
     seeds = list(range(num_unconditional))
     out = {UNCONDITIONAL: to_uint8(generate(model, [""] * num_unconditional, seeds, uncond, batch_size))}
     for name, prompts in prompt_sets.items():
-        ps = [p for p in prompts for _ in range(images_per_prompt)]
-        out[name] = to_uint8(generate(model, ps, list(range(len(ps))), settings, batch_size))
+        out[name] = prompt_set(model, settings, prompts, images_per_prompt, batch_size)
     return out
+
+
+def prompt_set(
+    model,
+    settings: SamplingSettings,
+    prompts: Sequence[str],
+    images_per_prompt: int,
+    batch_size: int,
+    seed_stride: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """uint8 images of one prompt set, `images_per_prompt` per prompt: image i of prompt j has seed
+    j * seed_stride + i. seed_stride defaults to images_per_prompt (seeds 0, 1, 2, ...: sample_sets' numbering);
+    a larger one takes the first seeds of each prompt of a set sampled with seed_stride images per prompt."""
+    stride = images_per_prompt if seed_stride is None else seed_stride
+    if stride < images_per_prompt:
+        raise ValueError(f"seed_stride {stride} < images_per_prompt {images_per_prompt}: seeds would repeat")
+    ps = [p for p in prompts for _ in range(images_per_prompt)]
+    seeds = [j * stride + i for j in range(len(prompts)) for i in range(images_per_prompt)]
+    return to_uint8(generate(model, ps, seeds, settings, batch_size, progress=progress))
 
 
 def sampler_checks(

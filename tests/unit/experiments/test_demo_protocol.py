@@ -1,10 +1,14 @@
-"""The demo's statement of where its schedule puts the miniature against SD 2.1 (the paper's section 3.1 leak)."""
+"""The demo's statement of where its schedule puts the miniature against SD 2.1 (the paper's section 3.1 leak),
+and the protocols make demo and make paper run."""
+
+import math
 
 import pytest
 from training_helpers import compose
 
 from zsnr.diffusion import alphas_cumprod, snr
-from zsnr.experiments.demo import leak_against_sd, schedule_words
+from zsnr.experiments.demo import common_overrides, leak_against_sd, schedule_words
+from zsnr.experiments.demo_metrics import w1_flawed_over_fixed
 from zsnr.models.schedule import Schedule
 
 
@@ -35,3 +39,38 @@ def test_every_demo_and_paper_run_trains_on_the_bases_shifted_schedule(experimen
     cfg = compose("train", [f"experiment={experiment}"])
     assert cfg.diffusion.snr_shift == 4 and cfg.model.resolution == 16
     assert leak_against_sd(cfg.diffusion.snr_shift, cfg.model.resolution) == 0.25
+
+
+def test_make_paper_measures_the_demo_at_sd_schedule_and_at_its_shift():
+    # make paper's two columns: the demo's protocol on both data families, and SD's own schedule (the leak 1/16 of
+    # SD 2.1's at 16 px) on the family the sections measure; each protocol's runs as the demo composes them
+    paper = compose("paper_report", [])
+    leaks = {}
+    for name, protocol in paper.protocols.items():
+        demo_cfg = compose("demo", [f"out_dir={protocol.demo_dir}", *protocol.demo_overrides])
+        assert paper.family in demo_cfg.families
+        run = compose(
+            "train", [f"experiment={demo_cfg.base.experiment}", *common_overrides(demo_cfg, paper.family)]
+        )
+        leaks[name] = (
+            list(demo_cfg.families),
+            leak_against_sd(run.diffusion.snr_shift, run.model.resolution),
+        )
+    assert leaks == {"x4": (["shapes", "scenes"], 0.25), "x1": (["shapes"], 0.0625)}
+    assert (
+        len({p.demo_dir for p in paper.protocols.values()}) == 2
+    )  # each protocol's runs in a folder of its own
+
+
+def test_make_demo_runs_one_family_by_default():
+    # the default demo fits its time budget with one family's base; make paper runs both (above)
+    assert list(compose("demo", []).families) == ["scenes"]
+
+
+@pytest.mark.parametrize(
+    ("flawed", "fixed", "ratio"), [(0.5, 0.1, 5.0), (0.3, 0.0, math.inf), (0.0, 0.0, 1.0), (0.05, 0.1, 0.5)]
+)
+def test_w1_flawed_over_fixed(flawed, fixed, ratio):
+    # a fixed model at exactly the data's distribution (W1 0) makes the ratio unbounded, not 1e9
+    w1 = lambda v: {"wasserstein_to_reference": v}  # noqa: E731
+    assert w1_flawed_over_fixed(w1(flawed), w1(fixed)) == pytest.approx(ratio)
