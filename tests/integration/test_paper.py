@@ -59,6 +59,8 @@ def test_shortened_paper_end_to_end(short_demo, tmp_path):
         assert set(metrics["samplers"]["metrics"]) == {f"{s}, S = {n}" for s in ("leading", "linspace", "trailing")
                                                        for n in (5, 25)}  # fmt: skip
         assert set(metrics["fid"]["table"]) == {"training data (a floor)", *FID_MODELS}
+        # Figure 6: W1 per prompt set at every phi, besides the mean the claim reads
+        assert set(metrics["phi"]["0.7"]["w1"]) == {"dark", "mid", "bright", "red", "blue", "green"}
         claims = metrics["claims"]
         assert claims == columns[name]["claims"]
         assert len(claims) == 15

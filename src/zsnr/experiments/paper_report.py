@@ -264,8 +264,10 @@ def write_paper_report(
         "## Figure 6: CFG rescale phi at w = 7.5 (fixed model)", "",
         "Saturated: the share of channel values <= 3 or >= 252 on the prompt sets whose training images have none "
         f"(data: {100 * phi['data']['saturated']:.1f}%).", "",
-        "| phi | saturated | brightness std | mean W1 over the prompt sets | colour cos (mean) |", "|---|---|---|---|---|",
-        *(f"| {k} | {100 * v['saturated']:.1f}% | {v['brightness_std']:.2f} | {v['w1_mean']:.3f} | {v['colour_mean']:.2f} |"
+        "| phi | saturated | brightness std | mean W1 over the prompt sets | W1 per set | colour cos (mean) |",
+        "|---|---|---|---|---|---|",
+        *(f"| {k} | {100 * v['saturated']:.1f}% | {v['brightness_std']:.2f} | {v['w1_mean']:.3f} | "
+          + ", ".join(f"{s} {w:.2f}" for s, w in v.get("w1", {}).items()) + f" | {v['colour_mean']:.2f} |"
           for k, v in phi.items() if k not in ("data", "grid")), "",
         "Two images per prompt set (dark, mid, bright, red, blue, green), the same seeds in every row:", "",
         "![Figure 6](figure6_phi.png)", "",
