@@ -121,7 +121,7 @@ def demo(cfg: DictConfig, config_dir: str | Path) -> dict[str, Any]:
     jobs = {
         f: [TrainJob(f"{f}/{variant}_seed{seed}", experiment, seed, out / f / "runs" / f"{variant}_seed{seed}",
                      (f"max_steps={cfg.finetune_steps}", f"init_from='{base_ckpts[f'{f}/base']}'", "init_weights=ema",
-                      *curve_overrides(curves_cfg.finetune_every), *common[f]))
+                      *curve_overrides(curves_cfg.finetune_every if seed == cfg.seeds[0] else 0), *common[f]))
             for seed in cfg.seeds for variant, experiment in cfg.variants.items()]
         for f in families
     }  # fmt: skip
