@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $@
 
-# The paper in miniature (CPU, ~22 min): outputs/demo/report.md. Extra settings: make demo ARGS="families=[scenes]".
+# The paper in miniature (CPU, ~15 min): outputs/demo/report.md. Extra settings: make demo ARGS="families=[shapes,scenes]".
 demo: setup
 	$(PY) launch/demo.py $(ARGS)
 
-# Every claim of the paper in miniature (CPU, < 60 min; reuses the demo's runs): outputs/paper/report.md.
+# Every claim of the paper in miniature, two protocols (CPU, ~59 min; ~47 after make demo, whose runs it reuses): outputs/paper/report.md.
 paper: setup
 	$(PY) launch/paper.py $(ARGS)
 
