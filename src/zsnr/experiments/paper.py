@@ -144,7 +144,6 @@ def phi_sweep(cfg: DictConfig, d: dict[str, Any], out: Path) -> dict[str, Any]:
         result[f"{phi:g}"] = {
             "saturated": saturated_fraction(over),
             "brightness_std": light.std().item(),
-            "w1_mean": sum(v["wasserstein_to_reference"] for v in stats.values()) / len(stats),
             "w1": {k: v["wasserstein_to_reference"] for k, v in stats.items()},
             "colour_mean": sum(stats[k]["colour_agreement"] for k in dcfg.colour_sets)
             / len(dcfg.colour_sets),
