@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from zsnr.data import to_model_range
 from zsnr.evaluation.brightness import mean_brightness
 from zsnr.experiments.demo_curves import curve, kept_checkpoints, plot_curves, sample_checkpoints
-from zsnr.experiments.demo_metrics import demo_checks, held, measure, summarize
+from zsnr.experiments.demo_metrics import demo_checks, held, measure, prompt_noise_spread, summarize
 from zsnr.experiments.demo_report import save_grid, write_report
 from zsnr.experiments.runs import TrainJob, train_runs
 from zsnr.experiments.samples import data_reference, sample_models
@@ -158,6 +158,8 @@ def demo(cfg: DictConfig, config_dir: str | Path) -> dict[str, Any]:
         runs |= {variant: {seed: measure(fs[f"{variant}_seed{seed}"], data) for seed in cfg.seeds}
                  for variant in cfg.variants}  # fmt: skip
         metrics = summarize(data, runs)
+        spread = {model: prompt_noise_spread({k: fs[name][k] for k in prompt_sets}, s.images_per_prompt)
+                  for model, name in first.items()}  # fmt: skip
         checks_ = demo_checks(metrics, list(cfg.extremes), list(cfg.colour_sets), **cfg.thresholds)
         brightness = {"data": {k: mean_brightness(to_model_range(x)) for k, x in data.items()}}
         for model in runs:
@@ -176,7 +178,8 @@ def demo(cfg: DictConfig, config_dir: str | Path) -> dict[str, Any]:
                                      out / f / "curves.png")  # fmt: skip
         results[f] = dict(metrics=metrics, checks=checks_, checkpoints=models[f], data=data, samples=fs,
                           common=common[f], train_cfg=train_cfg, brightness=brightness, grids=grids,
-                          curves=curves, curves_png=curves_png, description=FAMILIES[f])  # fmt: skip
+                          curves=curves, curves_png=curves_png, spread=spread, spread_seeds=s.images_per_prompt,
+                          description=FAMILIES[f])  # fmt: skip
     train_cfg = results[families[0]]["train_cfg"]
     setup = {
         "command": "make demo  (python launch/demo.py " + " ".join(sys.argv[1:]) + ")",

@@ -58,6 +58,25 @@ def summarize(data: Mapping[str, torch.Tensor], runs: Mapping[str, Mapping[Any, 
     return out
 
 
+def prompt_noise_spread(sets: Mapping[str, torch.Tensor], seeds: int) -> dict[str, float]:
+    """What decides the colour of a model's images, the prompt or the noise? `sets`: uint8 image sets [N, 3, H, W]
+    whose first `seeds` images share their noise seeds across the sets (zsnr.experiments.samples.prompt_set: the
+    first prompt of every set has seeds 0, 1, ...). From each image's mean RGB in [-1, 1]:
+    - "over_prompts": the standard deviation over the sets for one noise seed (mean over seeds and channels);
+    - "over_noise": the standard deviation over the noise seeds within one set (mean over sets and channels).
+    A model that follows its prompts has over_prompts >> over_noise; one whose noise decides, the reverse."""
+    if len(sets) < 2 or seeds < 2:
+        raise ValueError(f"need >= 2 sets and >= 2 shared seeds, got {len(sets)} sets and {seeds} seeds")
+    short = {k: len(x) for k, x in sets.items() if len(x) < seeds}
+    if short:
+        raise ValueError(f"sets with fewer than {seeds} images: {short}")
+    rgb = torch.stack([to_model_range(x[:seeds]).mean(dim=(2, 3)) for x in sets.values()])  # [sets, seeds, 3]
+    return {
+        "over_prompts": rgb.std(dim=0, correction=0).mean().item(),
+        "over_noise": rgb.std(dim=1, correction=0).mean().item(),
+    }
+
+
 def w1_flawed_over_fixed(flawed: Mapping[str, Any], fixed: Mapping[str, Any]) -> float:
     """A set's W1 to the data, the flawed model's over the fixed one's: inf where only the fixed model's is 0,
     1 where both are."""

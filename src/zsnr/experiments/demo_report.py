@@ -4,6 +4,7 @@ labelled sample grid per model (4x nearest-neighbour, one row per image set)."""
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -71,6 +72,19 @@ def summary_table(metrics: Mapping[str, Any], models: Sequence[str]) -> list[str
         cells += [f"{d['noise_median']:.3f}", *(f"{x['noise_median']:.3f}" for x in means)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def spread_table(spread: Mapping[str, Mapping[str, float]], seeds: int) -> list[str]:
+    """zsnr.experiments.demo_metrics.prompt_noise_spread of every model, one row each."""
+    return [
+        f"What decides the colour of an image, the prompt or the noise: the standard deviation of the images' mean "
+        f"RGB (in [-1, 1]) over the prompt sets for one noise seed, and over {seeds} noise seeds for one set.",
+        "",
+        "| model | over prompts | over noise seeds | prompts / noise |",
+        "|---|---|---|---|",
+        *(f"| {m} | {v['over_prompts']:.2f} | {v['over_noise']:.2f} | "
+          f"{v['over_prompts'] / v['over_noise'] if v['over_noise'] > 0 else math.inf:.2f} |" for m, v in spread.items()),
+    ]  # fmt: skip
 
 
 def checks_table(checks: Sequence[Check]) -> list[str]:
@@ -145,6 +159,8 @@ def family_section(
         "",
         *summary_table(metrics, models),
         "",
+        *spread_table(r["spread"], r["spread_seeds"]),
+        "",
         f"![{family}: brightness histograms]({family}/{hist.name})",
         "",
     ]
@@ -185,7 +201,8 @@ def write_report(
     out_dir; returns the report's path. `families`: {family: zsnr.experiments.demo's result for it}."""
     (out_dir / "metrics.json").write_text(
         json.dumps(
-            {f: {**r["metrics"], "checks": [c.__dict__ for c in r["checks"]], "curves": r["curves"]}
+            {f: {**r["metrics"], "checks": [c.__dict__ for c in r["checks"]], "curves": r["curves"],
+                 "spread": r["spread"]}
              for f, r in families.items()},
             indent=2,
         )

@@ -4,11 +4,12 @@ and the protocols make demo and make paper run."""
 import math
 
 import pytest
+import torch
 from training_helpers import compose
 
 from zsnr.diffusion import alphas_cumprod, snr
 from zsnr.experiments.demo import common_overrides, leak_against_sd, schedule_words
-from zsnr.experiments.demo_metrics import w1_flawed_over_fixed
+from zsnr.experiments.demo_metrics import prompt_noise_spread, w1_flawed_over_fixed
 from zsnr.models.schedule import Schedule
 
 
@@ -74,3 +75,22 @@ def test_w1_flawed_over_fixed(flawed, fixed, ratio):
     # a fixed model at exactly the data's distribution (W1 0) makes the ratio unbounded, not 1e9
     w1 = lambda v: {"wasserstein_to_reference": v}  # noqa: E731
     assert w1_flawed_over_fixed(w1(flawed), w1(fixed)) == pytest.approx(ratio)
+
+
+def test_prompt_noise_spread_separates_what_the_prompt_and_the_noise_add():
+    # flat grey images whose value is a per-set offset plus a per-seed offset (uint8 units), so each image's mean
+    # RGB is exactly (100 + a_set + b_seed) / 127.5 - 1 in every channel: the two spreads are the population stds
+    a = torch.tensor([0.0, 40.0, 80.0])  # sets: std 32.66 uint8 units
+    b = torch.tensor([0.0, 10.0, 20.0, 30.0])  # seeds: std 11.18
+    sets = {
+        f"set{i}": torch.cat([(100 + ai + b).to(torch.uint8), torch.full((2,), 7, dtype=torch.uint8)])
+        .view(-1, 1, 1, 1)
+        .expand(-1, 3, 4, 4)
+        .contiguous()
+        for i, ai in enumerate(a)
+    }  # two more images per set with other seeds: not shared, not counted
+    got = prompt_noise_spread(sets, seeds=4)
+    assert got["over_prompts"] == pytest.approx(math.sqrt(3200 / 3) / 127.5, rel=1e-5)
+    assert got["over_noise"] == pytest.approx(math.sqrt(125) / 127.5, rel=1e-5)
+    with pytest.raises(ValueError, match="fewer than 7"):
+        prompt_noise_spread(sets, seeds=7)
