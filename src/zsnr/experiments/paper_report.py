@@ -137,6 +137,11 @@ def sampler_score(stats: Mapping[str, Any]) -> float:
     return _w1(stats, ("unconditional", *EXTREMES))
 
 
+def phi_factors(phi: Mapping[str, Any]) -> dict[str, Any]:
+    """Figure 6's rows, one per phi, without the sweep's "data" and "grid" entries."""
+    return {k: v for k, v in phi.items() if k not in ("data", "grid")}
+
+
 def figure_claims(results: Mapping[str, Any]) -> list[Claim]:
     s = {k: sampler_score(v) for k, v in results["samplers"]["metrics"].items()}
     steps = sorted({int(k.split("S = ")[1]) for k in s})
@@ -146,7 +151,7 @@ def figure_claims(results: Mapping[str, Any]) -> list[Claim]:
         gap[lo] >= 0.1 * s[f"trailing, S = {lo}"]
     )  # "clearly": linspace at least 10% further from the data
     t = results["trajectory"]
-    phi = {k: v for k, v in results["phi"].items() if k not in ("data", "grid")}
+    phi = phi_factors(results["phi"])
     best = min(phi, key=lambda k: w1_mean(phi[k]))
     fid = results["fid"]["table"]
     return [
@@ -273,7 +278,7 @@ def write_paper_report(
         "|---|---|---|---|---|---|",
         *(f"| {k} | {100 * v['saturated']:.1f}% | {v['brightness_std']:.2f} | {w1_mean(v):.3f} | "
           + ", ".join(f"{s} {w:.2f}" for s, w in v["w1"].items()) + f" | {v['colour_mean']:.2f} |"
-          for k, v in phi.items() if k not in ("data", "grid")), "",
+          for k, v in phi_factors(phi).items()), "",
         "Two images per prompt set (dark, mid, bright, red, blue, green), the same seeds in every row:", "",
         "![Figure 6](figure6_phi.png)", "",
         "## Table 3 in miniature: FID and KID", "",
