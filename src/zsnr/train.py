@@ -49,12 +49,10 @@ log = logging.getLogger("zsnr.train")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto`: bf16-mixed where the run computes on a GPU (planned_accelerator), 32-true on the CPU."""
     if precision != "auto":
         return precision
-    import torch
-
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu else "32-true"
+    return "bf16-mixed" if planned_accelerator(accelerator) == "gpu" else "32-true"
 
 
 def resolve_progress_bar(setting: Any) -> bool:
