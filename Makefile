@@ -31,9 +31,9 @@ paper: setup
 docs: setup
 	$(PY) -m mkdocs build --strict --site-dir site
 
-# The CI suite: everything but the tests marked slow (see pyproject's markers).
+# The CI suite: everything but the tests marked slow (see pyproject's markers); it ends with the 20 slowest tests.
 test: setup
-	$(PY) -m pytest -q -m "not slow and not gpu" tests
+	$(PY) -m pytest -q -m "not slow and not gpu" --durations=20 tests
 
 # Everything, the slow end-to-end tests included.
 test-all: setup
