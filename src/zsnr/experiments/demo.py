@@ -178,7 +178,7 @@ def demo(cfg: DictConfig, config_dir: str | Path) -> dict[str, Any]:
                                      out / f / "curves.png")  # fmt: skip
         results[f] = dict(metrics=metrics, checks=checks_, checkpoints=models[f], data=data, samples=fs,
                           common=common[f], train_cfg=train_cfg, brightness=brightness, grids=grids,
-                          curves=curves, curves_png=curves_png, spread=spread, spread_seeds=s.images_per_prompt,
+                          curves=curves, curves_png=curves_png, spread=spread,
                           description=FAMILIES[f])  # fmt: skip
     train_cfg = results[families[0]]["train_cfg"]
     setup = {

@@ -63,7 +63,8 @@ def prompt_noise_spread(sets: Mapping[str, torch.Tensor], seeds: int) -> dict[st
     whose first `seeds` images share their noise seeds across the sets (zsnr.experiments.samples.prompt_set: the
     first prompt of every set has seeds 0, 1, ...). From each image's mean RGB in [-1, 1]:
     - "over_prompts": the standard deviation over the sets for one noise seed (mean over seeds and channels);
-    - "over_noise": the standard deviation over the noise seeds within one set (mean over sets and channels).
+    - "over_noise": the standard deviation over the noise seeds within one set (mean over sets and channels);
+    - "seeds": how many shared noise seeds both were measured on.
     A model that follows its prompts has over_prompts >> over_noise; one whose noise decides, the reverse."""
     if len(sets) < 2 or seeds < 2:
         raise ValueError(f"need >= 2 sets and >= 2 shared seeds, got {len(sets)} sets and {seeds} seeds")
@@ -74,6 +75,7 @@ def prompt_noise_spread(sets: Mapping[str, torch.Tensor], seeds: int) -> dict[st
     return {
         "over_prompts": rgb.std(dim=0, correction=0).mean().item(),
         "over_noise": rgb.std(dim=1, correction=0).mean().item(),
+        "seeds": seeds,
     }
 
 

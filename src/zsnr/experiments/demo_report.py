@@ -74,8 +74,9 @@ def summary_table(metrics: Mapping[str, Any], models: Sequence[str]) -> list[str
     return lines
 
 
-def spread_table(spread: Mapping[str, Mapping[str, float]], seeds: int) -> list[str]:
+def spread_table(spread: Mapping[str, Mapping[str, float]]) -> list[str]:
     """zsnr.experiments.demo_metrics.prompt_noise_spread of every model, one row each."""
+    seeds = ", ".join(sorted({str(v["seeds"]) for v in spread.values()}))
     return [
         f"What decides the colour of an image, the prompt or the noise: the standard deviation of the images' mean "
         f"RGB (in [-1, 1]) over the prompt sets for one noise seed, and over {seeds} noise seeds for one set.",
@@ -159,7 +160,7 @@ def family_section(
         "",
         *summary_table(metrics, models),
         "",
-        *spread_table(r["spread"], r["spread_seeds"]),
+        *spread_table(r["spread"]),
         "",
         f"![{family}: brightness histograms]({family}/{hist.name})",
         "",

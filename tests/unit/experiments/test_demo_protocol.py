@@ -92,5 +92,6 @@ def test_prompt_noise_spread_separates_what_the_prompt_and_the_noise_add():
     got = prompt_noise_spread(sets, seeds=4)
     assert got["over_prompts"] == pytest.approx(math.sqrt(3200 / 3) / 127.5, rel=1e-5)
     assert got["over_noise"] == pytest.approx(math.sqrt(125) / 127.5, rel=1e-5)
+    assert got["seeds"] == 4
     with pytest.raises(ValueError, match="fewer than 7"):
         prompt_noise_spread(sets, seeds=7)
