@@ -94,14 +94,19 @@ def strategy_of(trainer: DictConfig, world: int) -> str:
 
 
 def planned_accelerator(accelerator: str) -> str:
-    """ "cpu" or "gpu": what the run computes on (auto: a GPU where CUDA is visible)."""
-    if accelerator == "cpu":
+    """ "gpu" or "cpu": whether the run computes on a CUDA device (accelerator auto, gpu or cuda where CUDA is
+    visible), whose memory the check asks CUDA for and where precision auto means bf16-mixed; or in the host's
+    memory: the CPU, and Apple's mps (unified memory; Lightning's auto and gpu pick it where CUDA is absent),
+    both 32-true under auto. Other accelerators (tpu, hpu, ...) are refused: nothing here plans for them."""
+    if accelerator in ("cpu", "mps"):
         return "cpu"
-    if accelerator == "auto":
+    if accelerator in ("auto", "gpu", "cuda"):
         import torch
 
         return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu"
+    raise ValueError(
+        f"trainer.accelerator={accelerator!r}: zsnr plans memory and precision for auto, cpu, gpu / cuda and mps"
+    )
 
 
 def plan_step(cfg: DictConfig, accelerator: str, precision: str) -> MemoryPlan:
