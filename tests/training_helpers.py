@@ -64,8 +64,9 @@ def launch_module(name: str):
     return module
 
 
-def compose(config_name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+def compose(config_name: str, overrides: list[str], config_dir=None):
+    """A config as launch/ composes it, from the repository's configs/ or from `config_dir`."""
+    with initialize_config_dir(config_dir=str(config_dir or ROOT / "configs"), version_base="1.3"):
         return hydra_compose(config_name, overrides=overrides)
 
 

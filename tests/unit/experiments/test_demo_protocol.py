@@ -2,10 +2,11 @@
 and the protocols make demo and make paper run."""
 
 import math
+import shutil
 
 import pytest
 import torch
-from training_helpers import compose
+from training_helpers import ROOT, compose
 
 from zsnr.diffusion import alphas_cumprod, snr
 from zsnr.experiments.demo import common_overrides, leak_against_sd, schedule_words
@@ -40,6 +41,30 @@ def test_every_demo_and_paper_run_trains_on_the_bases_shifted_schedule(experimen
     cfg = compose("train", [f"experiment={experiment}"])
     assert cfg.diffusion.snr_shift == 4 and cfg.model.resolution == 16
     assert leak_against_sd(cfg.diffusion.snr_shift, cfg.model.resolution) == 0.25
+
+
+@pytest.mark.parametrize(
+    ("experiment", "continues_base"),
+    [("demo_flawed", True), ("paper_offset_noise", True),
+     ("demo_fixed", False), ("paper_sd_v", False), ("paper_zsnr_eps", False)],
+)  # fmt: skip
+def test_flawed_arms_continue_the_bases_loss_and_fixed_arms_train_the_papers(
+    tmp_path, experiment, continues_base
+):
+    # the flawed fine-tunes are the base's recipe continued, its loss weighting included; the fixed arms train the
+    # paper's loss, lambda_t = 1 (section 3.2), whatever the base trains with: checked with demo_base as it is and
+    # with a copy of the configs whose demo_base weights its loss by Min-SNR
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", configs)
+    base_file = configs / "experiment" / "demo_base.yaml"
+    base_file.write_text(
+        base_file.read_text().replace("\ndiffusion:\n", "\ndiffusion:\n  loss_weighting: min_snr\n", 1)
+    )
+    for config_dir in (None, configs):
+        base = compose("train", ["experiment=demo_base"], config_dir).diffusion.loss_weighting
+        got = compose("train", [f"experiment={experiment}"], config_dir).diffusion.loss_weighting
+        assert got == (base if continues_base else "plain"), (config_dir, base)
+    assert compose("train", ["experiment=demo_base"], configs).diffusion.loss_weighting == "min_snr"
 
 
 def test_make_paper_measures_the_demo_at_sd_schedule_and_at_its_shift():
